@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` and `make test`. Each installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.quantkit-installed
+
+.PHONY: install setup demo test unit doctor clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar off -q --upgrade pip
+	$(BIN)/pip install --progress-bar off -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Engine environments, data packages and the reference model (idempotent; cached in ~/.cache/quantkit).
+setup: install
+	$(BIN)/quantkit setup
+
+doctor: install
+	$(BIN)/quantkit doctor
+
+# The main job on the embedded default model, end to end.
+demo: setup
+	$(BIN)/quantkit doctor
+	$(BIN)/quantkit list
+
+# The whole test suite: unit tests and integration tests against the real engines.
+test: setup
+	$(BIN)/pytest -q -rs tests
+
+# Pure-logic tests only (no engines needed).
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .pytest_cache

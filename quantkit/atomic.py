@@ -1,0 +1,66 @@
+"""Write a directory all at once: work in a hidden sibling, rename into place only on success."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a scratch dir; on normal exit it becomes `final`, on any exception it is deleted.
+
+    Ctrl-C (KeyboardInterrupt) and SIGTERM-turned-exceptions take the same path; a SIGKILL leaves
+    a hidden `.NAME.partial-PID` folder that listings ignore and `sweep_partials` removes.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not replace:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(final)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def sweep_partials(folder: Path) -> list[Path]:
+    """Remove leftovers of killed writers (their PID is gone). Returns what was removed."""
+    removed = []
+    if not folder.exists():
+        return removed
+    for p in folder.iterdir():
+        if p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
+            pid = p.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

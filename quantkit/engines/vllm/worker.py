@@ -1,0 +1,43 @@
+"""vLLM engine worker: runs inside the `vllm` env, speaks quantkit.workers.protocol.
+
+Usage: python -m quantkit.engines.vllm.worker '<json engine settings>'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from quantkit.workers.protocol import serve
+
+
+def main(settings: dict) -> None:
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    t0 = time.time()
+    model = settings.pop("model")
+    llm = LLM(model=model, **settings)
+    load_seconds = time.time() - t0
+
+    def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
+                 max_tokens: int = 64, seed: int | None = None, stop: list[str] | None = None, n: int = 1) -> list:
+        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                seed=seed, stop=stop or None, n=n)
+        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
+                 for c in o.outputs] for o in outs]
+
+    def info() -> dict:
+        import vllm
+
+        return {"engine": "vllm", "version": vllm.__version__, "model": model, "load_seconds": load_seconds,
+                "pid": os.getpid()}
+
+    serve({"generate": generate, "info": info})
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,137 @@
+"""llama.cpp's own tools, compiled from the source tree vendored in the llama-cpp-python sdist.
+
+One CMake build gives both the shared library the Python binding loads (via LLAMA_CPP_LIB_PATH)
+and the command-line tools, so the binding and the tools are always the same llama.cpp commit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from rich.progress import Progress, TaskID
+
+from quantkit import paths
+from quantkit.envs.specs import LLAMA_CPP_PYTHON_VERSION
+from quantkit.envs.steps import run_logged
+from quantkit.errors import EngineMissingError
+from quantkit.hardware import Hardware, detect
+
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-server")
+MARKER = ".quantkit-built.json"
+
+
+def _flavour(hw: Hardware) -> str:
+    return "cuda" if hw.has_cuda else "cpu"
+
+
+def source_dir() -> Path:
+    return paths.tools_dir() / f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}"
+
+
+def llama_cpp_dir() -> Path:
+    return source_dir() / "vendor" / "llama.cpp"
+
+
+def build_dir(hw: Hardware | None = None) -> Path:
+    return paths.tools_dir() / f"llama.cpp-build-{LLAMA_CPP_PYTHON_VERSION}-{_flavour(hw or detect())}"
+
+
+def bin_dir(hw: Hardware | None = None) -> Path:
+    return build_dir(hw) / "bin"
+
+
+def is_built(hw: Hardware | None = None) -> bool:
+    return (build_dir(hw) / MARKER).exists() and all((bin_dir(hw) / t).exists() for t in TOOLS)
+
+
+def tool(name: str) -> Path:
+    path = bin_dir() / name
+    if not is_built() or not path.exists():
+        raise EngineMissingError(
+            f"llama.cpp tool {name} is not built", hint="run `quantkit setup --engines llamacpp`"
+        )
+    return path
+
+
+def converter() -> tuple[Path, Path]:
+    """(convert_hf_to_gguf.py, its gguf-py folder) from the vendored llama.cpp source."""
+    script = llama_cpp_dir() / "convert_hf_to_gguf.py"
+    if not script.exists():
+        raise EngineMissingError(
+            "llama.cpp's convert_hf_to_gguf.py is missing", hint="run `quantkit setup --engines llamacpp`"
+        )
+    return script, llama_cpp_dir() / "gguf-py"
+
+
+def built_info() -> dict:
+    marker = build_dir() / MARKER
+    return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def _fetch_source(log: Path, progress: Progress, task: TaskID) -> None:
+    if (llama_cpp_dir() / "CMakeLists.txt").exists():
+        return
+    sdist_dir = paths.cache_dir() / "sdist"
+    progress.update(task, status="downloading llama-cpp-python sdist")
+    run_logged(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", sdist_dir],
+        log, progress=progress, task=task, what="download of the llama-cpp-python sdist",
+    )
+    archive = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    progress.update(task, status="unpacking llama.cpp source")
+    paths.tools_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=paths.tools_dir()) as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        if source_dir().exists():
+            shutil.rmtree(source_dir())
+        (Path(tmp) / archive.name.removesuffix(".tar.gz")).rename(source_dir())
+
+
+def build(progress: Progress, task: TaskID, hw: Hardware | None = None) -> Path:
+    """Compile libllama and the tools; idempotent (a finished build is kept)."""
+    hw = hw or detect()
+    if is_built(hw):
+        return bin_dir(hw)
+    log = paths.envs_dir() / "llamacpp-build.log"
+    _fetch_source(log, progress, task)
+    out = build_dir(hw)
+    if out.exists():
+        shutil.rmtree(out)  # a previous build died: start clean
+    flags = [
+        "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON",
+    ]
+    if hw.has_cuda:
+        flags.append("-DGGML_CUDA=ON")
+    progress.update(task, status="configuring llama.cpp (cmake)")
+    run_logged(["cmake", "-S", llama_cpp_dir(), "-B", out, *flags], log,
+               progress=progress, task=task, what="cmake configure of llama.cpp")
+    run_logged(["cmake", "--build", out, "--config", "Release", "-j", str(max(1, hw.cpu_cores)),
+                "--target", "llama", *TOOLS], log,
+               progress=progress, task=task, what="compile of llama.cpp tools")
+    commit = _vendored_commit()
+    (out / MARKER).write_text(json.dumps({
+        "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "flavour": _flavour(hw), "llama_cpp_build": commit,
+        "tools": {t: str(bin_dir(hw) / t) for t in TOOLS},
+    }, indent=2))
+    return bin_dir(hw)
+
+
+def _vendored_commit() -> str | None:
+    """llama.cpp's build number and commit, as `llama-bench --version` prints them."""
+    try:
+        out = subprocess.run([str(bin_dir() / "llama-bench"), "--version"], capture_output=True,
+                             text=True, timeout=30)
+        text = (out.stdout + out.stderr).strip().splitlines()
+        return text[0] if text else None
+    except (OSError, subprocess.SubprocessError):
+        return None

