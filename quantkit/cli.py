@@ -56,9 +56,25 @@ def doctor(fast: bool = typer.Option(False, "--fast", help="skip importing each 
 
 
 @app.command()
-def build(recipe: str = typer.Argument(..., help="recipe YAML file")) -> None:
-    """Build a quantized variant from a recipe."""
-    _not_yet("build", 3)
+def build(
+    recipe: str = typer.Argument(..., help="recipe YAML file, e.g. recipes/smollm2_gptq_w4a16.yaml"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a recipe field: key.path=value"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if an identical variant exists"),
+) -> None:
+    """Build a quantized variant from a recipe (atomically; identical recipes are reused)."""
+    from quantkit import builders
+    from quantkit.recipes import load_recipe
+
+    try:
+        r = load_recipe(recipe, set_ or [])
+        variant, reused = builders.build(r, recipe_file=recipe, force=force, console=console)
+    except QuantkitError as e:
+        _fail(e)
+    m = variant.manifest
+    verb = "reused" if reused else f"built in {m.get('build_seconds')} s"
+    bpw = m.get("bits_per_weight")
+    console.print(f"[green]{variant.name}[/] {verb}: {m.get('format')}, "
+                  f"{'%.2f bits/weight' % bpw if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
 
 
 @app.command()
@@ -81,13 +97,28 @@ def leaderboard() -> None:
 
 @app.command("list")
 def list_variants() -> None:
-    """List the reference model and built variants."""
-    from quantkit import sources
+    """List the reference model and every variant, with method, size, bits per weight and state."""
+    from rich.table import Table
 
+    from quantkit import safetensors_info, sources, variants
+
+    table = Table(title="models")
+    for col in ("name", "method", "format", "engine", "size", "bits/weight", "complete"):
+        table.add_column(col)
     if sources.embedded_ready():
-        console.print(f"reference  {sources.EMBEDDED_NAME}  {sources.embedded_dir()}")
-    else:
-        console.print("no reference model yet: run `quantkit setup`")
+        ref = sources.embedded_dir()
+        size = safetensors_info.tensor_bytes(ref)
+        bpw = 8 * size / safetensors_info.parameter_count(ref)
+        table.add_row(f"{sources.EMBEDDED_NAME} (reference)", "bf16", "safetensors", "vllm",
+                      f"{size / 2**20:.1f} MiB", f"{bpw:.2f}", "yes")
+    for v in variants.all_variants():
+        m = v.manifest
+        size = m.get("weights_bytes")
+        bpw = m.get("bits_per_weight")
+        table.add_row(v.name, v.method, v.format, m.get("engine", "?"),
+                      f"{size / 2**20:.1f} MiB" if size else "-", f"{bpw:.2f}" if bpw else "-",
+                      "[green]yes" if v.complete else "[red]no (incomplete)")
+    console.print(table)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,66 @@
+"""Build a variant from a recipe: one builder module per method family, one atomic folder each."""
+
+from __future__ import annotations
+
+import resource
+import time
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from quantkit import atomic, paths, sources, variants
+from quantkit.recipes import Recipe
+
+Builder = Callable[[Recipe, sources.Source, Path, Progress, TaskID], dict]
+
+
+def _builder(kind: str) -> Builder:
+    if kind in ("awq", "gptq", "fp8", "int8"):
+        from quantkit.builders import llmcompressor
+
+        return llmcompressor.build
+    if kind == "gguf":
+        from quantkit.builders import gguf
+
+        return gguf.build
+    from quantkit.builders import bnb
+
+    return bnb.build
+
+
+def _reusable(recipe: Recipe, source: sources.Source) -> variants.Variant | None:
+    v = variants.read(variants.variant_dir(recipe.name))
+    if v.complete and v.manifest.get("recipe_fingerprint") == recipe.fingerprint() \
+            and v.manifest.get("source", {}).get("sha256") == source.identity().get("sha256"):
+        return v
+    return None
+
+
+def build(recipe: Recipe, *, recipe_file: str | None = None, force: bool = False,
+          console: Console | None = None) -> tuple[variants.Variant, bool]:
+    """Build `recipe` (or reuse an identical finished build). Returns (variant, reused)."""
+    from quantkit.builders.common import manifest_skeleton
+
+    source = sources.resolve(recipe.source)
+    atomic.sweep_partials(paths.variants_dir())
+    if not force and (existing := _reusable(recipe, source)):
+        return existing, True
+    manifest = manifest_skeleton(recipe, source, recipe_file)
+    final = variants.variant_dir(recipe.name)
+    with Progress(SpinnerColumn(), TextColumn(f"[bold]{recipe.name}"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[status]}"), console=console or Console()) as progress:
+        task = progress.add_task(recipe.name, total=1, status="starting")
+        t0 = time.time()
+        with atomic.atomic_dir(final, replace=True) as tmp:
+            result = _builder(recipe.method.kind)(recipe, source, tmp, progress, task)
+            manifest.update(result)
+            manifest["build_seconds"] = round(time.time() - t0, 1)
+            # Largest resident set of any finished child (the workers and tools do the heavy work).
+            manifest["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+            manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+            manifest["status"] = "complete"  # written last, inside the folder that is renamed on success
+            variants.write_manifest(tmp, manifest)
+        progress.update(task, completed=1, status="[green]done")
+    return variants.read(final), False

@@ -1,0 +1,79 @@
+"""AWQ / GPTQ / FP8 / INT8 through llm-compressor's `oneshot`, in the `compressor` env.
+
+Output: a compressed-tensors checkpoint that vLLM loads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.progress import Progress, TaskID
+
+from quantkit import paths, safetensors_info
+from quantkit.builders import groups
+from quantkit.builders.common import folder_bytes, write_calibration
+from quantkit.envs.run import run_worker
+from quantkit.errors import ConfigError, QuantkitError
+from quantkit.hardware import detect
+from quantkit.recipes import Recipe
+from quantkit.sources import Source
+
+
+def precheck(recipe: Recipe, source: Source) -> None:
+    """Fail before any work: group sizes against the model's widths, AWQ backend availability."""
+    m = recipe.method
+    if m.kind == "awq" and m.backend == "autoawq" and not detect().has_cuda:
+        raise ConfigError("method.backend 'autoawq' needs CUDA: AutoAWQ builds and runs only on NVIDIA GPUs "
+                          "(and is archived upstream)", hint="use `--set method.backend=llmcompressor`, which runs on CPU")
+    group = getattr(m, "group_size", None)
+    if group and source.is_local:
+        config = json.loads((Path(source.location) / "config.json").read_text())
+        problem = groups.check(groups.widths_from_config(config), group)
+        if problem:
+            raise ConfigError(f"method.group_size: {problem}",
+                              hint=f"e.g. `--set method.group_size={(groups.workable_group_sizes(groups.widths_from_config(config)) or [0])[-1]}`")
+
+
+def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: TaskID) -> dict:
+    precheck(recipe, source)
+    work = out / ".work"
+    work.mkdir()
+    spec = {"source": source.location, "method": recipe.method.model_dump(mode="json"),
+            "calibration": None, "calibration_file": None, "out_dir": str(out)}
+    n_samples = 0
+    if recipe.calibration:
+        spec["calibration"] = recipe.calibration.model_dump(mode="json")
+        spec["calibration_file"] = str(work / "calibration.jsonl")
+        n_samples = write_calibration(recipe.calibration, work / "calibration.jsonl")
+    (work / "spec.json").write_text(json.dumps(spec))
+    progress.update(task, status=f"llm-compressor oneshot ({recipe.method.kind})")
+    log = paths.cache_dir() / "logs" / f"build-{recipe.name}.log"
+    try:
+        result = run_worker("compressor", "quantkit.workers.compress", [work / "spec.json"], log,
+                            progress=progress, task=task)
+    except QuantkitError as e:
+        marker = "QUANTKIT_ERROR "
+        text = str(e)
+        if marker in text:
+            raise ConfigError(text[text.index(marker) + len(marker):].splitlines()[0]) from None
+        raise
+    for f in work.iterdir():
+        f.unlink()
+    work.rmdir()
+    config = json.loads((out / "config.json").read_text())
+    params = result["source_parameters"]
+    size = safetensors_info.tensor_bytes(out)
+    return {
+        "format": "compressed-tensors",
+        "engine": "vllm",
+        "quantization_config": config.get("quantization_config"),
+        "calibration_samples_used": n_samples,
+        "worker": result,
+        "tool_versions": result["versions"],
+        "tensor_dtypes": safetensors_info.dtype_counts(out),
+        "weights_bytes": size,
+        "size_on_disk_bytes": folder_bytes(out),
+        "source_parameters": params,
+        "bits_per_weight": round(8 * size / params, 3) if params else None,
+    }

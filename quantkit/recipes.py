@@ -1,0 +1,163 @@
+"""Recipes: declarative YAML describing one variant, validated by pydantic.
+
+Errors name the file, the field path and what was expected. `--set a.b=value` overrides any
+field before validation (the value is parsed as YAML, so `--set calibration.samples=64` is an int).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from quantkit.errors import ConfigError
+
+GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S",
+              "Q3_K_L", "Q2_K", "IQ4_XS", "IQ3_M", "IQ2_M", "F16", "BF16")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Calibration(_Strict):
+    dataset: str = Field(description="a name from evals/datasets.yaml (kind text) or a hub dataset id")
+    samples: int = Field(128, ge=1, le=100_000)
+    seq_len: int = Field(512, ge=16, le=32_768)
+    seed: int = 0
+
+
+class AwqMethod(_Strict):
+    kind: Literal["awq"]
+    scheme: Literal["W4A16", "W4A16_ASYM"] = "W4A16_ASYM"
+    group_size: int = Field(128, ge=16)
+    backend: Literal["llmcompressor", "autoawq"] = "llmcompressor"
+    ignore: list[str] = ["lm_head"]
+
+
+class GptqMethod(_Strict):
+    kind: Literal["gptq"]
+    scheme: Literal["W4A16", "W4A16_ASYM", "W8A16"] = "W4A16"
+    group_size: int = Field(128, ge=16)
+    dampening_frac: float = Field(0.01, gt=0, lt=1)
+    ignore: list[str] = ["lm_head"]
+
+
+class Fp8Method(_Strict):
+    kind: Literal["fp8"]
+    scheme: Literal["FP8_DYNAMIC", "FP8"] = "FP8_DYNAMIC"
+    ignore: list[str] = ["lm_head"]
+
+
+class Int8Method(_Strict):
+    kind: Literal["int8"]
+    scheme: Literal["W8A8"] = "W8A8"
+    smoothquant_strength: float | None = Field(0.8, ge=0, le=1, description="null disables SmoothQuant")
+    dampening_frac: float = Field(0.01, gt=0, lt=1)
+    ignore: list[str] = ["lm_head"]
+
+
+class GgufMethod(_Strict):
+    kind: Literal["gguf"]
+    type: str = Field(description=f"llama-quantize type, one of {', '.join(GGUF_TYPES)}")
+    imatrix: bool = False
+    base_outtype: Literal["f16", "bf16", "f32"] = "f16"
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        if v.upper() not in GGUF_TYPES:
+            raise ValueError(f"unknown GGUF type {v!r}; expected one of {', '.join(GGUF_TYPES)}")
+        return v.upper()
+
+
+class BnbMethod(_Strict):
+    """bitsandbytes quantizes on load: nothing is built, the recipe records how vLLM loads it."""
+
+    kind: Literal["bnb"]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+
+
+Method = Annotated[Union[AwqMethod, GptqMethod, Fp8Method, Int8Method, GgufMethod, BnbMethod],
+                   Field(discriminator="kind")]
+NEEDS_CALIBRATION = {"awq", "gptq", "int8"}
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    source: str = "default"
+    description: str = ""
+    method: Method
+    calibration: Calibration | None = None
+
+    def check_calibration(self) -> None:
+        needs = self.method.kind in NEEDS_CALIBRATION or (self.method.kind == "gguf" and self.method.imatrix)
+        if needs and self.calibration is None:
+            raise ValueError(f"method {self.method.kind!r} needs a `calibration` section (dataset, samples, seq_len)")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not key=value", hint="e.g. --set calibration.samples=64")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"--set {item!r} has an empty key")
+        node = data
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def _describe(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # drop the union tag pydantic inserts ("method.gptq.group_size" -> "method.group_size")
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in {"awq", "gptq", "fp8", "int8", "gguf", "bnb"}:
+        loc.pop(1)
+    field = ".".join(loc) or "(top level)"
+    got = f" (got {err['input']!r})" if err.get("type") not in ("missing",) and not isinstance(err.get("input"), dict) else ""
+    return f"field '{field}': {err['msg']}{got}"
+
+
+def parse_recipe(data: Any, origin: str) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+        recipe.check_calibration()
+    except ValidationError as e:
+        lines = "\n  ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"{origin}: invalid recipe\n  {lines}",
+                          hint="see recipes/README.md for the fields of each method") from None
+    except ValueError as e:
+        raise ConfigError(f"{origin}: invalid recipe\n  field 'calibration': {e}") from None
+    return recipe
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"recipe file {path} does not exist", hint="see `ls recipes/`")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = apply_overrides(data if isinstance(data, dict) else {}, overrides or []) if overrides else data
+    return parse_recipe(data, str(path))
