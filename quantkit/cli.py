@@ -77,10 +77,53 @@ def build(
                   f"{'%.2f bits/weight' % bpw if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
 
 
+def _engine_options(opts: list[str] | None) -> dict:
+    import yaml
+
+    out = {}
+    for item in opts or []:
+        if "=" not in item:
+            raise QuantkitError(f"--opt {item!r} is not key=value", hint="e.g. --opt max_model_len=4096")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
-def serve(variant: str = typer.Argument(..., help="variant name or folder")) -> None:
-    """Serve a variant behind an OpenAI-compatible endpoint."""
-    _not_yet("serve", 4)
+def serve(
+    variant: str = typer.Argument(..., help="variant name or folder, or `reference`"),
+    port: int = typer.Option(8000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | llamacpp (default: by format)"),
+    kv_cache_dtype: Optional[str] = typer.Option(None, "--kv-cache-dtype",
+                                                 help="vLLM: fp8, fp8_e4m3, fp8_e5m2; llama.cpp: f16, q8_0, q4_0, ..."),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o",
+                                            help="engine setting under the engine's own name, e.g. "
+                                                 "-o max_model_len=4096, -o n_threads=2"),
+) -> None:
+    """Serve a variant through its engine's OpenAI-compatible server until Ctrl-C."""
+    import signal as _signal
+    import time as _time
+
+    from quantkit import loader
+    from quantkit.server import EngineServer
+
+    try:
+        target = loader.load(variant, engine=engine, settings=_engine_options(opt), kv_cache_dtype=kv_cache_dtype)
+        console.print(f"starting {target.engine.name} for [bold]{target.name}[/] (KV cache: {target.kv_cache_type})")
+        server = EngineServer(target, host=host, port=port)
+        _signal.signal(_signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with server:
+            console.print(f"[green]ready[/]: {server.url}  model: [bold]{server.model_name}[/]  log: {server.log_path}")
+            console.print("Ctrl-C stops it.")
+            while server.proc is not None and server.proc.poll() is None:
+                _time.sleep(1)
+            if server.proc is not None:
+                raise QuantkitError(f"the server exited (code {server.proc.returncode}); see {server.log_path}")
+    except KeyboardInterrupt:
+        console.print("stopped.")
+    except QuantkitError as e:
+        _fail(e)
 
 
 @app.command()

