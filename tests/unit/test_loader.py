@@ -87,3 +87,11 @@ def test_incomplete_variant_is_not_loadable(tmp_home):
     (d / variants.MANIFEST).write_text(json.dumps({"status": "building"}))
     with pytest.raises(ConfigError, match="no complete variant 'half'"):
         loader.load("half", hw=CPU)
+
+
+def test_vllm_kv_capacity_is_read_from_its_start_up_log():
+    from quantkit.engines.vllm.engine import kv_capacity_from_log
+
+    log = "(EngineCore pid=5219) INFO [kv_cache_utils.py:2327] CPU KV cache size: 124,544 tokens, Maximum concurrency"
+    assert kv_capacity_from_log(log) == 124544
+    assert kv_capacity_from_log("nothing here") is None

@@ -26,17 +26,31 @@ def main(settings: dict) -> None:
 
     def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
                  max_tokens: int = 64, seed: int | None = None, stop: list[str] | None = None, n: int = 1) -> list:
+        """llama.cpp's own sampling loop (Llama.generate) so that token ids come back with the text."""
+        eos = llm.token_eos()
         results = []
         for prompt in prompts:
             samples = []
             for i in range(n):
-                llm.reset()
                 if seed is not None:
                     llm.set_seed(seed + i)
-                out = llm.create_completion(list(prompt), max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                            top_k=top_k if top_k > 0 else 0, stop=stop or [])
-                choice = out["choices"][0]
-                samples.append({"text": choice["text"], "finish_reason": choice["finish_reason"]})
+                ids: list[int] = []
+                finish = "length"
+                text = ""
+                for tok in llm.generate(list(prompt), temp=temperature, top_p=top_p,
+                                        top_k=top_k if top_k > 0 else 0, min_p=0.0, reset=True):
+                    if tok == eos or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
+                        finish = "stop"
+                        break
+                    ids.append(tok)
+                    text = llm.detokenize(ids).decode("utf-8", errors="replace")
+                    if stop and any(s in text for s in stop):
+                        text = text[: min(text.index(s) for s in stop if s in text)]
+                        finish = "stop"
+                        break
+                    if len(ids) >= max_tokens:
+                        break
+                samples.append({"text": text, "token_ids": ids, "finish_reason": finish})
             results.append(samples)
         return results
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from quantkit.engines.base import Engine
 from quantkit.engines.vllm.config import VllmSettings
 from quantkit.envs.manager import python_for
+
+
+_KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+
+
+def kv_capacity_from_log(text: str) -> int | None:
+    """KV cache capacity in tokens, as vLLM logs it at start-up ("... KV cache size: 124,544 tokens")."""
+    found = _KV_TOKENS.findall(text)
+    return int(found[-1].replace(",", "")) if found else None
 
 
 class VllmEngine(Engine):
