@@ -20,11 +20,19 @@ from typing import Any, Callable
 Handler = Callable[..., Any]
 
 
-def serve(handlers: dict[str, Handler]) -> None:
-    """Answer requests until stdin closes or a `shutdown` op arrives."""
+def claim_stdout():
+    """Keep a private copy of stdout for answers and point fd 1 at stderr.
+
+    Call first thing in a worker, before importing an engine: engines print to stdout.
+    """
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    return out
+
+
+def serve(handlers: dict[str, Handler], out) -> None:
+    """Answer requests (on `out`, from `claim_stdout`) until stdin closes or `shutdown` arrives."""
     for line in sys.stdin:
         if not line.strip():
             continue

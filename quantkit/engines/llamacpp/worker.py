@@ -10,10 +10,11 @@ import os
 import sys
 import time
 
-from quantkit.workers.protocol import serve
+from quantkit.workers.protocol import claim_stdout, serve
 
 
 def main(settings: dict) -> None:
+    out = claim_stdout()
     import llama_cpp
     from llama_cpp import Llama
 
@@ -83,7 +84,7 @@ def main(settings: dict) -> None:
         return {"engine": "llama.cpp", "version": llama_cpp.__version__, "model": model,
                 "load_seconds": load_seconds, "pid": os.getpid()}
 
-    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info})
+    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info}, out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import os
 import sys
 import time
 
-from quantkit.workers.protocol import serve
+from quantkit.workers.protocol import claim_stdout, serve
 
 
 def main(settings: dict) -> None:
+    out = claim_stdout()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -33,9 +34,9 @@ def main(settings: dict) -> None:
     def logprobs(token_ids: list[int], top_k: int = 20) -> list:
         """Per position i>=1: {"token": logprob of token_ids[i], "top": [[id, logprob], ...]}."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
-        [out] = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+        [result] = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         rows = []
-        for pos, entry in enumerate(out.prompt_logprobs):
+        for pos, entry in enumerate(result.prompt_logprobs):
             if pos == 0 or entry is None:
                 continue
             actual = token_ids[pos]
@@ -56,7 +57,7 @@ def main(settings: dict) -> None:
         return {"engine": "vllm", "version": vllm.__version__, "model": model, "load_seconds": load_seconds,
                 "pid": os.getpid()}
 
-    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info})
+    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info}, out)
 
 
 if __name__ == "__main__":
