@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from quantkit import evaldata, hardware
-from quantkit.envs import manager, specs
+from quantkit.envs import manager
+from quantkit.envs.specs import ENGINE_NAMES
 from quantkit.errors import ConfigError
 from quantkit.recipes import Calibration, Recipe
 from quantkit.sources import Source
@@ -50,5 +51,5 @@ def manifest_skeleton(recipe: Recipe, source: Source, recipe_file: str | None) -
         "calibration": recipe.calibration.model_dump(mode="json") if recipe.calibration else None,
         "built_on": {"hardware": hw.describe(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "quantkit_envs": {n: env_versions(n) for n in specs.ENGINE_NAMES},
+        "quantkit_envs": {n: env_versions(n) for n in ENGINE_NAMES},
     }
