@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from pathlib import Path
 from typing import Callable
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from quantkit import atomic, paths, sources, variants
+from quantkit.envs.steps import track_peak_rss
 from quantkit.recipes import Recipe
 
 Builder = Callable[[Recipe, sources.Source, Path, Progress, TaskID], dict]
@@ -53,12 +53,12 @@ def build(recipe: Recipe, *, recipe_file: str | None = None, force: bool = False
                   TextColumn("{task.fields[status]}"), console=console or Console()) as progress:
         task = progress.add_task(recipe.name, total=1, status="starting")
         t0 = time.time()
-        with atomic.atomic_dir(final, replace=True) as tmp:
+        with atomic.atomic_dir(final, replace=True) as tmp, track_peak_rss() as peak:
             result = _builder(recipe.method.kind)(recipe, source, tmp, progress, task)
             manifest.update(result)
             manifest["build_seconds"] = round(time.time() - t0, 1)
-            # Largest resident set of any finished child (the workers and tools do the heavy work).
-            manifest["peak_memory_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+            # The largest resident set of any step (workers and llama.cpp tools do the heavy work).
+            manifest["peak_memory_mib"] = peak["mib"]
             manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             manifest["status"] = "complete"  # written last, inside the folder that is renamed on success
             variants.write_manifest(tmp, manifest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections import deque
@@ -11,6 +12,19 @@ from typing import Sequence
 from rich.progress import Progress, TaskID
 
 from quantkit.errors import QuantkitError
+
+_peak_trackers: list[dict] = []
+
+
+@contextlib.contextmanager
+def track_peak_rss():
+    """Collect the largest resident set (MiB) of every step run inside the block: {"mib": N}."""
+    tracker = {"mib": 0}
+    _peak_trackers.append(tracker)
+    try:
+        yield tracker
+    finally:
+        _peak_trackers.remove(tracker)
 
 
 def run_logged(
@@ -42,7 +56,12 @@ def run_logged(
                 tail.append(stripped)
                 if progress is not None and task is not None:
                     progress.update(task, status=stripped[:90])
-        rc = proc.wait()
+        # wait4 gives this child's own peak RSS (ru_maxrss, KiB), unlike RUSAGE_CHILDREN's running max
+        _, status, usage = os.wait4(proc.pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        proc.returncode = rc
+    for tracker in _peak_trackers:
+        tracker["mib"] = max(tracker["mib"], round(usage.ru_maxrss / 1024))
     if rc != 0:
         last = "\n    ".join(tail)
         raise QuantkitError(
