@@ -49,9 +49,12 @@ def modifiers(method: dict) -> list:
                                  dampening_frac=method["dampening_frac"]))
         return mods
     if kind == "awq":
-        from llmcompressor.modifiers.awq import AWQModifier
+        # llm-compressor >= 0.14: AWQ is a smoothing transform; the quantization that follows it
+        # is a separate QuantizationModifier (one modifier, one job).
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        from llmcompressor.modifiers.transform.awq import AWQModifier
 
-        return [AWQModifier(targets=["Linear"], ignore=ignore, **_scheme_kwargs(method))]
+        return [AWQModifier(), QuantizationModifier(targets="Linear", ignore=ignore, **_scheme_kwargs(method))]
     raise ValueError(f"method kind {kind!r} is not an llm-compressor method")
 
 
@@ -83,7 +86,7 @@ def main(spec: dict) -> dict:
         if problem:
             raise SystemExit(f"QUANTKIT_ERROR method.group_size: {problem}")
     n_params = sum(p.numel() for p in model.parameters())
-    patched = apply_cpu_compat() if not torch.cuda.is_available() else []
+    patched = apply_cpu_compat()
 
     kwargs = {}
     calib = spec.get("calibration")
