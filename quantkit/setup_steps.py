@@ -12,7 +12,8 @@ from quantkit.envs import data_packages
 from quantkit.errors import ConfigError
 
 # Order matters: the reference model is made in the compressor env from the data packages.
-STEPS = ("data", "compressor", "llamacpp", "vllm", "reference")
+STEPS = ("data", "compressor", "llamacpp", "vllm", "reference", "autoawq")
+OPTIONAL = ("autoawq",)  # only when asked for: CUDA-only alternative AWQ backend
 
 
 def _engine_step(name: str) -> Callable[[Progress, TaskID, bool], object]:
@@ -25,12 +26,13 @@ RUNNERS: dict[str, Callable[[Progress, TaskID, bool], object]] = {
     "llamacpp": _engine_step("llamacpp"),
     "vllm": _engine_step("vllm"),
     "reference": lambda p, t, force: sources.prepare_embedded(p, t, force=force),
+    "autoawq": _engine_step("autoawq"),
 }
 
 
 def parse_steps(requested: list[str] | None) -> list[str]:
     if not requested:
-        return list(STEPS)
+        return [s for s in STEPS if s not in OPTIONAL]
     names = [n.strip() for item in requested for n in item.split(",") if n.strip()]
     unknown = [n for n in names if n not in STEPS]
     if unknown:

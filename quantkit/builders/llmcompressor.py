@@ -1,6 +1,7 @@
 """AWQ / GPTQ / FP8 / INT8 through llm-compressor's `oneshot`, in the `compressor` env.
 
-Output: a compressed-tensors checkpoint that vLLM loads.
+Output: a compressed-tensors checkpoint that vLLM loads. AWQ with `backend: autoawq` runs
+AutoAWQ in its own CUDA-only env instead and writes an AutoAWQ (GEMM) checkpoint.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
         spec["calibration_file"] = str(work / "calibration.jsonl")
         n_samples = write_calibration(recipe.calibration, work / "calibration.jsonl")
     (work / "spec.json").write_text(json.dumps(spec))
-    progress.update(task, status=f"llm-compressor oneshot ({recipe.method.kind})")
+    autoawq = recipe.method.kind == "awq" and recipe.method.backend == "autoawq"
+    env, module = ("autoawq", "quantkit.workers.autoawq_quantize") if autoawq else \
+        ("compressor", "quantkit.workers.compress")
+    progress.update(task, status=f"{'AutoAWQ' if autoawq else 'llm-compressor oneshot'} ({recipe.method.kind})")
     log = paths.cache_dir() / "logs" / f"build-{recipe.name}.log"
     try:
-        result = run_worker("compressor", "quantkit.workers.compress", [work / "spec.json"], log,
-                            progress=progress, task=task)
+        result = run_worker(env, module, [work / "spec.json"], log, progress=progress, task=task)
     except QuantkitError as e:
         marker = "QUANTKIT_ERROR "
         text = str(e)
@@ -65,7 +68,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
     params = result["source_parameters"]
     size = safetensors_info.tensor_bytes(out)
     return {
-        "format": "compressed-tensors",
+        "format": "awq" if autoawq else "compressed-tensors",
         "engine": "vllm",
         "quantization_config": config.get("quantization_config"),
         "calibration_samples_used": n_samples,

@@ -68,10 +68,21 @@ def specs(hw: Hardware | None = None) -> list[EnvSpec]:
 
 
 ENGINE_NAMES = ("vllm", "llamacpp", "compressor")
+OPTIONAL_ENGINE_NAMES = ("autoawq",)
+
+
+def _autoawq(hw: Hardware) -> EnvSpec:
+    if not hw.has_cuda:
+        raise ConfigError("the autoawq environment needs CUDA: AutoAWQ builds and runs only on NVIDIA GPUs",
+                          hint="on CPU use AWQ through llm-compressor (method.backend: llmcompressor)")
+    return EnvSpec(name="autoawq", purpose="AWQ through AutoAWQ (CUDA only)", requirements="autoawq-cuda.txt",
+                   versions_of=("autoawq", "torch", "transformers"), import_check="awq")
 
 
 def spec(name: str, hw: Hardware | None = None) -> EnvSpec:
+    if name == "autoawq":
+        return _autoawq(hw or detect())
     for s in specs(hw):
         if s.name == name:
             return s
-    raise ConfigError(f"unknown engine environment {name!r}", hint=f"choose one of: {', '.join(ENGINE_NAMES)}")
+    raise ConfigError(f"unknown engine environment {name!r}", hint=f"choose one of: {', '.join(ENGINE_NAMES + OPTIONAL_ENGINE_NAMES)}")

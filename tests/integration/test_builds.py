@@ -63,7 +63,9 @@ def test_imatrix_variant_differs_from_plain_q4_k_m(built):
     assert imat.manifest["imatrix"] and (imat.path / "imatrix.gguf").exists()
     a = (plain.path / plain.manifest["gguf_file"]).read_bytes()
     b = (imat.path / imat.manifest["gguf_file"]).read_bytes()
-    assert len(a) == len(b) and a != b
+    # same tensor types and sizes (the imatrix only adds metadata), different quantized values
+    assert plain.manifest["tensor_types"] == imat.manifest["tensor_types"]
+    assert abs(len(a) - len(b)) < 4096 and a != b
 
 
 def test_llm_compressor_variants_are_compressed_tensors(built):
@@ -115,6 +117,29 @@ def test_each_vllm_variant_loads_and_answers_in_vllm_cpu(built, greeting, stem):
     with LocalExecutor().start(target, label="load-test") as worker:
         [[out]] = worker.call("generate", prompts=[greeting], temperature=0.0, max_tokens=12)
     assert out["text"].strip(), out
+
+
+def test_autoawq_backend_on_cpu_is_refused_before_any_work(reference):
+    from quantkit.errors import ConfigError
+    from quantkit.hardware import detect
+
+    if detect().has_cuda:
+        pytest.skip("this machine has CUDA: the AutoAWQ path is exercised by test_autoawq_builds_on_cuda")
+    recipe = load_recipe(RECIPES / "smollm2_awq_w4a16.yaml", ["name=awq-autoawq", "method.backend=autoawq"])
+    with pytest.raises(ConfigError, match="autoawq' needs CUDA") as e:
+        builders.build(recipe)
+    assert "backend=llmcompressor" in e.value.hint
+    assert not variants.variant_dir("awq-autoawq").exists()
+
+
+def test_autoawq_builds_on_cuda(reference):
+    from quantkit.hardware import detect
+
+    if not detect().has_cuda:
+        pytest.skip("AutoAWQ needs an NVIDIA GPU (CUDA kernels); this machine has none")
+    recipe = load_recipe(RECIPES / "smollm2_awq_w4a16.yaml", ["name=awq-autoawq", "method.backend=autoawq"])
+    v, _ = builders.build(recipe, force=True)
+    assert v.manifest["format"] == "awq" and v.manifest["tool_versions"]["autoawq"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])

@@ -61,3 +61,9 @@ def test_runtime_env_lets_workers_import_quantkit_and_finds_libllama(tmp_home):
     assert env["PYTHONPATH"] == str(manager.paths.REPO_ROOT)
     assert env["LLAMA_CPP_LIB_PATH"].endswith("/bin")
     assert str(manager.env_dir("llamacpp") / "bin") in env["PATH"].split(":")[0]
+
+
+def test_autoawq_env_exists_only_with_cuda():
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        envs.spec("autoawq", CPU)
+    assert envs.spec("autoawq", CUDA).requirements == "autoawq-cuda.txt"

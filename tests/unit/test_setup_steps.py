@@ -1,11 +1,12 @@
 import pytest
 
 from quantkit.errors import ConfigError
-from quantkit.setup_steps import STEPS, parse_steps
+from quantkit.setup_steps import OPTIONAL, STEPS, parse_steps
 
 
-def test_default_is_every_step_in_dependency_order():
-    assert parse_steps(None) == list(STEPS)
+def test_default_is_every_required_step_in_dependency_order():
+    assert parse_steps(None) == [s for s in STEPS if s not in OPTIONAL] and "autoawq" not in parse_steps(None)
+    assert parse_steps(["autoawq"]) == ["autoawq"]
     assert STEPS.index("compressor") < STEPS.index("reference") and STEPS.index("data") < STEPS.index("reference")
 
 

@@ -23,7 +23,7 @@ class VllmEngine(Engine):
     name = "vllm"
     env = "vllm"
     worker_module = "quantkit.engines.vllm.worker"
-    formats = frozenset({"safetensors", "compressed-tensors", "bnb-on-load"})
+    formats = frozenset({"safetensors", "compressed-tensors", "awq", "bnb-on-load"})
     settings_model = VllmSettings
 
     def worker_settings(self, model_path: Path, settings: VllmSettings) -> dict:
