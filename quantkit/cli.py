@@ -22,11 +22,6 @@ def _fail(e: QuantkitError) -> None:
     raise typer.Exit(2)
 
 
-def _not_yet(what: str, issue: int) -> None:
-    console.print(f"[yellow]`quantkit {what}` is not yet available[/] (tracked in issue {issue}).")
-    raise typer.Exit(3)
-
-
 @app.command()
 def setup(
     engines: Optional[List[str]] = typer.Option(None, "--engines", "-e",
@@ -127,15 +122,65 @@ def serve(
 
 
 @app.command()
-def compare() -> None:
-    """Measure accuracy, memory and speed of variants side by side."""
-    _not_yet("compare", 5)
+def compare(
+    names: Optional[List[str]] = typer.Argument(None, help="variants to compare (the reference is always included)"),
+    all_: bool = typer.Option(False, "--all", help="every complete variant"),
+    tasks: str = typer.Option("", "--tasks", help="comma-separated lm-eval tasks: arc_easy, arc_challenge, "
+                                                  "hellaswag, mmlu, gsm8k (default: none with --quick, all otherwise)"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="documents per task"),
+    quick: bool = typer.Option(False, "--quick", help="small windows, batches and limits for a fast pass"),
+    force: bool = typer.Option(False, "--force", help="re-measure figures already stored"),
+    db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
+) -> None:
+    """Measure fidelity, probes, tasks, speed and memory of variants side by side (resumable)."""
+    from pathlib import Path
+
+    from quantkit.evaluation.compare import CompareConfig, compare as run_compare
+    from quantkit.evaluation.tasks import TASKS
+    from quantkit.results.store import Store
+
+    if not names and not all_:
+        console.print("[red]error:[/] name variants or pass --all")
+        raise typer.Exit(2)
+    chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else ([] if quick else list(TASKS))
+    cfg = CompareConfig.make(quick, tasks=chosen, limit=limit if limit is not None else (20 if quick and chosen else None),
+                             force=force)
+    try:
+        run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
+                    settings=_engine_options(opt))
+    except QuantkitError as e:
+        _fail(e)
 
 
 @app.command()
-def leaderboard() -> None:
-    """Export the measured results as markdown/csv/json, with plots."""
-    _not_yet("leaderboard", 5)
+def leaderboard(
+    format_: str = typer.Option("md", "--format", help="md | csv | json"),
+    out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of printing"),
+    plots: Optional[str] = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
+) -> None:
+    """Export the stored results as a markdown/csv/json leaderboard, with optional plots."""
+    from pathlib import Path
+
+    from quantkit.results import leaderboard as lb
+    from quantkit.results.store import Store
+
+    if format_ not in lb.FORMATS:
+        console.print(f"[red]error:[/] unknown format {format_!r}; choose md, csv or json")
+        raise typer.Exit(2)
+    store = Store(Path(db) if db else None)
+    text = lb.FORMATS[format_](store)
+    if out:
+        Path(out).write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
+    else:
+        print(text)
+    if plots:
+        from quantkit.results.plots import write_plots
+
+        for p in write_plots(store, Path(plots)):
+            console.print(f"wrote {p}")
 
 
 @app.command("list")

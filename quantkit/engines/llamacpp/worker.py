@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from quantkit.workers.procinfo import peak_rss
 from quantkit.workers.protocol import claim_stdout, serve
 
 
@@ -55,36 +56,60 @@ def main(settings: dict) -> None:
             results.append(samples)
         return results
 
-    def logprobs(token_ids: list[int], top_k: int = 20) -> list:
-        """Per position i>=1: {"token": logprob of token_ids[i], "top": [[id, logprob], ...]}.
+    def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
+        """For each sequence, per position i>=1: {"token": logprob of ids[i], "top": [[id, logprob], ...]}.
 
         llama.cpp returns full logits for every position, so the top-k here is a truncation we
-        choose, not the engine's limit."""
+        choose for uniformity with vLLM, not the engine's limit."""
         import numpy as np
 
-        llm.reset()
-        llm.eval(token_ids)
-        logits = np.asarray(llm.scores[: len(token_ids)], dtype=np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        rows = []
-        for pos in range(1, len(token_ids)):
-            dist = logp[pos - 1]
-            top = np.argpartition(-dist, top_k)[:top_k]
-            top = top[np.argsort(-dist[top])]
-            rows.append({"token": float(dist[token_ids[pos]]), "top": [[int(t), float(dist[t])] for t in top]})
-        return rows
+        out_all = []
+        for token_ids in sequences:
+            llm.reset()
+            llm.eval(token_ids)
+            logits = np.asarray(llm.scores[: len(token_ids)], dtype=np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            rows = []
+            for pos in range(1, len(token_ids)):
+                dist = logp[pos - 1]
+                top = np.argpartition(-dist, top_k)[:top_k]
+                top = top[np.argsort(-dist[top])]
+                rows.append({"token": float(dist[token_ids[pos]]), "top": [[int(t), float(dist[t])] for t in top]})
+            out_all.append(rows)
+        return out_all
+
+    def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
+        """Offline throughput: prompts one after another (llama-cpp-python has one sequence), a fixed
+        number of output tokens (EOS ignored), greedy."""
+        def one(prompt: list[int]) -> int:
+            n = 0
+            for _ in llm.generate(list(prompt), temp=0.0, top_k=1, min_p=0.0, reset=True):
+                n += 1
+                if n >= max_tokens:
+                    break
+            return n
+
+        one(prompts[0][:8])  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            produced = sum(one(p) for p in prompts)
+            runs.append({"seconds": time.perf_counter() - t, "output_tokens": produced})
+        return {"runs": runs}
 
     def memory() -> dict:
         import psutil
 
-        return {"rss_bytes": psutil.Process().memory_info().rss, "n_ctx": llm.n_ctx()}
+        proc = psutil.Process()
+        return {"rss_bytes": proc.memory_info().rss, "peak_rss_bytes": peak_rss(proc.pid),
+                "n_ctx": llm.n_ctx(), "weights_bytes": int(llama_cpp.llama_model_size(llm.model))}
 
     def info() -> dict:
         return {"engine": "llama.cpp", "version": llama_cpp.__version__, "model": model,
                 "load_seconds": load_seconds, "pid": os.getpid()}
 
-    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info}, out)
+    serve({"generate": generate, "logprobs": logprobs, "bench": bench, "memory": memory, "info": info}, out)
 
 
 if __name__ == "__main__":

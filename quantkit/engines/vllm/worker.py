@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+from quantkit.workers.procinfo import peak_rss
 from quantkit.workers.protocol import claim_stdout, serve
 
 
@@ -31,25 +32,41 @@ def main(settings: dict) -> None:
         return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
                  for c in o.outputs] for o in outs]
 
-    def logprobs(token_ids: list[int], top_k: int = 20) -> list:
-        """Per position i>=1: {"token": logprob of token_ids[i], "top": [[id, logprob], ...]}."""
+    def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
+        """For each sequence, per position i>=1: {"token": logprob of ids[i], "top": [[id, logprob], ...]}."""
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k)
-        [result] = llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
-        rows = []
-        for pos, entry in enumerate(result.prompt_logprobs):
-            if pos == 0 or entry is None:
-                continue
-            actual = token_ids[pos]
-            top = sorted(((tid, lp.logprob) for tid, lp in entry.items()), key=lambda x: -x[1])[:top_k]
-            rows.append({"token": entry[actual].logprob, "top": top})
-        return rows
+        results = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in sequences], params, use_tqdm=False)
+        out_all = []
+        for ids, result in zip(sequences, results):
+            rows = []
+            for pos, entry in enumerate(result.prompt_logprobs):
+                if pos == 0 or entry is None:
+                    continue
+                top = sorted(((tid, lp.logprob) for tid, lp in entry.items()), key=lambda x: -x[1])[:top_k]
+                rows.append({"token": entry[ids[pos]].logprob, "top": top})
+            out_all.append(rows)
+        return out_all
+
+    def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
+        """Offline throughput: the whole batch at once, a fixed number of output tokens (EOS ignored)."""
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True)
+        llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], params, use_tqdm=False)  # warm-up
+        runs = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+            runs.append({"seconds": time.perf_counter() - t,
+                         "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs)})
+        return {"runs": runs}
 
     def memory() -> dict:
         import psutil
 
         me = psutil.Process()
-        procs = [me, *me.children(recursive=True)]
-        return {"rss_bytes": sum(p.memory_info().rss for p in procs if p.is_running())}
+        procs = [p for p in (me, *me.children(recursive=True)) if p.is_running()]
+        return {"rss_bytes": sum(p.memory_info().rss for p in procs),
+                "peak_rss_bytes": sum(peak_rss(p.pid) for p in procs),
+                "pids": [p.pid for p in procs]}
 
     def info() -> dict:
         import vllm
@@ -57,7 +74,7 @@ def main(settings: dict) -> None:
         return {"engine": "vllm", "version": vllm.__version__, "model": model, "load_seconds": load_seconds,
                 "pid": os.getpid()}
 
-    serve({"generate": generate, "logprobs": logprobs, "memory": memory, "info": info}, out)
+    serve({"generate": generate, "logprobs": logprobs, "bench": bench, "memory": memory, "info": info}, out)
 
 
 if __name__ == "__main__":

