@@ -21,10 +21,17 @@ setup: install
 doctor: install
 	$(BIN)/quantkit doctor
 
-# The main job on the embedded default model, end to end.
+# The main job on the embedded default model, end to end: build every SmolLM2 recipe, compare
+# them with the reference, and write the leaderboard (results/leaderboard.md) and plots.
+DEMO_RECIPES := $(wildcard recipes/smollm2_*.yaml)
+
 demo: setup
-	$(BIN)/quantkit doctor
+	$(BIN)/quantkit doctor --fast
+	@for r in $(DEMO_RECIPES); do $(BIN)/quantkit build $$r || exit 1; done
 	$(BIN)/quantkit list
+	$(BIN)/quantkit compare --all --quick --tasks arc_easy,gsm8k --limit 20
+	$(BIN)/quantkit leaderboard --format md --out results/leaderboard.md --plots results/plots
+	@cat results/leaderboard.md
 
 # The whole test suite: unit tests and integration tests against the real engines.
 test: setup

@@ -8,6 +8,9 @@ from quantkit import prompts
 from quantkit.execution.worker_client import WorkerClient
 
 
+CHUNK = 256  # requests per worker call: bounded messages, steady progress
+
+
 class WorkerScorer:
     def __init__(self, worker: WorkerClient, tokenizer_dir: Path):
         self.worker, self.tokenizer_dir = worker, tokenizer_dir
@@ -17,7 +20,9 @@ class WorkerScorer:
 
     def loglikelihood(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         sequences = [ctx + cont for ctx, cont in pairs]
-        rows = self.worker.call("logprobs", sequences=sequences, top_k=1)
+        rows = []
+        for i in range(0, len(sequences), CHUNK):
+            rows += self.worker.call("logprobs", sequences=sequences[i:i + CHUNK], top_k=1)
         out = []
         for (ctx, cont), per_pos in zip(pairs, rows):
             tail = per_pos[len(ctx) - 1:]  # predictions of the continuation tokens
@@ -27,6 +32,9 @@ class WorkerScorer:
         return out
 
     def generate(self, prompts_ids: list[list[int]], until: list[str], max_tokens: int) -> list[str]:
-        outs = self.worker.call("generate", prompts=prompts_ids, temperature=0.0, max_tokens=max_tokens,
-                                stop=until or None, seed=0)
-        return [o[0]["text"] for o in outs]
+        texts = []
+        for i in range(0, len(prompts_ids), CHUNK):
+            outs = self.worker.call("generate", prompts=prompts_ids[i:i + CHUNK], temperature=0.0,
+                                    max_tokens=max_tokens, stop=until or None, seed=0)
+            texts += [o[0]["text"] for o in outs]
+        return texts

@@ -149,15 +149,16 @@ def test_killing_a_build_halfway_leaves_no_valid_variant(reference, tmp_path, si
     (models / "reference").mkdir(parents=True)
     (models / "reference" / "smollm2-135m-instruct").symlink_to(reference.location)
     env = {**os.environ, "QUANTKIT_MODELS": str(models)}
+    output = open(tmp_path / "build.out", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "quantkit.cli", "build", str(RECIPES / "smollm2_gptq_w4a16.yaml")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     vdir = models / "variants"
     while time.time() < deadline:  # wait until the worker has started writing into its scratch folder
         partial = [p for p in vdir.glob(".smollm2-gptq-w4a16.partial-*")] if vdir.exists() else []
         if partial and (partial[0] / ".work" / "spec.json").exists():
             break
-        assert proc.poll() is None, proc.stdout.read().decode()
+        assert proc.poll() is None, (tmp_path / "build.out").read_text()
         time.sleep(0.5)
     time.sleep(8)  # well inside the model load / calibration
     os.killpg(proc.pid, sig)
@@ -167,7 +168,7 @@ def test_killing_a_build_halfway_leaves_no_valid_variant(reference, tmp_path, si
         os.killpg(proc.pid, signal.SIGKILL)  # the worker, if a hard kill orphaned it
     except ProcessLookupError:
         pass
-    assert proc.returncode != 0
+    assert proc.returncode != 0, (tmp_path / "build.out").read_text()
     assert not (vdir / "smollm2-gptq-w4a16").exists()
     if sig == signal.SIGINT:  # a clean interrupt removes its scratch folder too
         assert not list(vdir.glob(".*partial*"))

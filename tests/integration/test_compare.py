@@ -1,0 +1,103 @@
+"""Issue 5: compare is resumable after a kill, and the leaderboard orders fidelity as bits do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from quantkit import builders, paths
+from quantkit.recipes import load_recipe
+from quantkit.results import leaderboard
+from quantkit.results.store import Store
+
+VARIANTS = {"q8_0": "smollm2-gguf-q8_0", "q4_k_m": "smollm2-gguf-q4_k_m", "q2_k": "smollm2-gguf-q2_k"}
+
+
+@pytest.fixture(scope="module")
+def gguf_variants(reference):
+    for q in VARIANTS:
+        builders.build(load_recipe(paths.recipes_dir() / f"smollm2_gguf_{q}.yaml"))
+    return list(VARIANTS.values())
+
+
+def _compare(db, names, extra=()):
+    return subprocess.Popen([sys.executable, "-m", "quantkit.cli", "compare", *names, "--quick", "--db", str(db),
+                             "--tasks", "arc_easy", "--limit", "8", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _ok_rows(db) -> list[tuple]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT key, variant, grp, metric, measured_at FROM figures WHERE status='ok' ORDER BY id").fetchall()
+
+
+@pytest.fixture(scope="module")
+def finished_db(gguf_variants, tmp_path_factory):
+    """A compare killed halfway (SIGKILL, whole process group), then run again to completion."""
+    db = tmp_path_factory.mktemp("results") / "r.sqlite"
+    proc = _compare(db, gguf_variants)
+    deadline = time.time() + 900
+    while time.time() < deadline and len({r[1] for r in _ok_rows(db)}) < 2:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _ok_rows(db)
+    assert before, "nothing was measured before the kill"
+    again = _compare(db, gguf_variants)
+    out, _ = again.communicate(timeout=1800)
+    assert again.returncode == 0, out
+    after = _ok_rows(db)
+    kept = {r[0]: r[4] for r in after}
+    for key, _, _, _, measured_at in before:  # every figure measured before the kill survives untouched
+        assert kept.get(key) == measured_at
+    assert "every figure already measured" in out or "reference" in out
+    return db, before, out
+
+
+def test_compare_resumes_after_a_kill_without_losing_figures(finished_db):
+    db, before, out = finished_db
+    groups = {(r[1], r[2]) for r in _ok_rows(db)}
+    for name in ["reference", *VARIANTS.values()]:
+        for g in ("fidelity", "probes", "speed", "memory", "task:arc_easy"):
+            assert (name, g) in groups, (name, g, out)
+    assert ("reference", "fidelity") in {(r[1], r[2]) for r in before}
+
+
+def test_kl_divergence_orders_as_bits_per_weight_and_reference_is_zero(finished_db):
+    store = Store(finished_db[0])
+    kld = {f.variant: f.value for f in store.figures() if f.metric == "kld_mean"}
+    assert kld["reference"] == 0.0
+    assert kld[VARIANTS["q8_0"]] < kld[VARIANTS["q4_k_m"]] < kld[VARIANTS["q2_k"]], kld
+    top1 = {f.variant: f.value for f in store.figures() if f.metric == "top1_agreement"}
+    assert top1["reference"] == 1.0 and top1[VARIANTS["q2_k"]] < top1[VARIANTS["q8_0"]]
+
+
+def test_every_leaderboard_cell_is_a_figure_or_a_reason(finished_db):
+    store = Store(finished_db[0])
+    header, rows = leaderboard.table(store)
+    assert rows[0][0] == "reference" and len(rows) == 4
+    for row in rows:
+        for cell in row[3:]:
+            assert cell and (cell[0].isdigit() or cell.startswith(("≈", "n/a (", "-"))), (row[0], cell)
+    md = leaderboard.to_markdown(store)
+    assert "### singapore" in md and "## Conditions" in md
+    data = json.loads(leaderboard.to_json(store))
+    assert {r[0] for r in data["table"]["rows"]} == {"reference", *VARIANTS.values()}
+
+
+def test_task_accuracy_comes_with_stderr_and_sample_size(finished_db):
+    store = Store(finished_db[0])
+    accs = [f for f in store.figures() if f.group == "task:arc_easy" and f.metric == "acc"]
+    assert len(accs) == 4
+    for f in accs:
+        assert 0.0 <= f.value <= 1.0 and f.uncertainty is not None and f.n == 8
