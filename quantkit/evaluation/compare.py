@@ -166,10 +166,13 @@ class Run:
     fp: dict
     is_reference: bool
 
+    @property
+    def settings(self) -> dict:
+        return {**self.target.settings.model_dump(), "kv_cache_type": self.target.kv_cache_type}
+
     def fig(self, group: str, metric: str, value, unc=None, n=None, unit=None, *, text=None, conditions=None) -> Figure:
         return Figure(self.target.name, self.target.engine.name, group, metric, value, unc, n, unit, text,
-                      settings={**self.target.settings.model_dump(), "kv_cache_type": self.target.kv_cache_type},
-                      conditions=conditions or {}, fingerprint=self.fp)
+                      settings=self.settings, conditions=conditions or {}, fingerprint=self.fp)
 
 
 def group_conditions(group: str, cfg: CompareConfig) -> dict:
@@ -203,7 +206,7 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
             console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
             continue
         run = Run(target, None, inputs, cfg, fp, name == "reference")
-        keyed = {g: measurement_key(target.name, target.engine.name, run.fig("", "").settings, g,
+        keyed = {g: measurement_key(target.name, target.engine.name, run.settings, g,
                                     group_conditions(g, cfg), fp) for g in groups}
         pending = [g for g in groups if cfg.force or not store.done(keyed[g])]
         if not pending:
@@ -244,7 +247,8 @@ def _record_failure(store, name, engine, groups, cfg, fp, reason) -> None:
 def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:
     """Same context and log-prob settings for every variant of an engine."""
     target_fmt = loader.locate(name)[2]
-    ctx = max(cfg.window_len, cfg.bench_input + cfg.bench_output, 512) + 64
+    # 2048 holds GSM8K's 5-shot prompts (~1.1k tokens) plus 256 generated tokens
+    ctx = max(cfg.window_len + 64, cfg.bench_input + cfg.bench_output, 2048)
     if target_fmt == "gguf":
         base = {"n_ctx": ctx}
     else:

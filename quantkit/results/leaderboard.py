@@ -69,10 +69,10 @@ def table(store: Store) -> tuple[list[str], list[list[str]]]:
                 row.append(f"n/a ({reason.splitlines()[0][:60]})")
                 continue
             cell = fmt.format(f.value)
-            if f.uncertainty:
+            if f.uncertainty is not None:
                 cell += " ± " + fmt.format(f.uncertainty)
             r = ref.get((group, metric))
-            if n != "reference" and r is not None and r.value is not None and f.uncertainty and \
+            if n != "reference" and r is not None and r.value is not None and \
                     tie(f.value, f.uncertainty, r.value, r.uncertainty):
                 cell = "≈ " + cell
             row.append(cell)
