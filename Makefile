@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantkit-installed
 
-.PHONY: install setup demo test unit doctor clean
+.PHONY: install setup demo test unit doctor crosscheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: setup
 # Pure-logic tests only (no engines needed).
 unit: install
 	$(BIN)/pytest -q tests/unit
+
+# Speed cross-check against the engines' own tools (llama-bench, vllm bench throughput).
+crosscheck: install
+	$(BIN)/python -m quantkit.evaluation.crosscheck smollm2-gguf-q4_k_m
+	$(BIN)/python -m quantkit.evaluation.crosscheck smollm2-gptq-w4a16
 
 clean:
 	rm -rf $(VENV) .pytest_cache

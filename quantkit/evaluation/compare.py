@@ -28,8 +28,10 @@ from quantkit.execution.local import LocalExecutor
 from quantkit.execution.worker_client import WorkerClient
 from quantkit.results.store import Figure, Store, measurement_key
 
-# memory last, so that peak memory includes the work done before it
+# memory last, so that peak memory includes the work done before it; serving needs the engine's
+# HTTP server, so it runs after the worker is closed (a second start of the same engine)
 GROUPS = ("fidelity", "probes", "tasks", "speed", "memory")
+SERVER_GROUPS = ("serving",)
 
 
 @dataclass
@@ -45,11 +47,14 @@ class CompareConfig:
     bench_input: int = 128
     bench_output: int = 64
     bench_repeats: int = 3
+    serving_levels: tuple[int, ...] = (1, 4, 16)
+    serving_output: int = 64
+    serving_repeats: int = 3
 
     @classmethod
     def make(cls, quick: bool, **kw) -> "CompareConfig":
-        base = dict(window_len=256, windows=4, bench_batch=4, bench_input=64, bench_output=32, bench_repeats=3) \
-            if quick else {}
+        base = dict(window_len=256, windows=4, bench_batch=4, bench_input=64, bench_output=32, bench_repeats=3,
+                    serving_levels=(1, 4), serving_output=32, serving_repeats=2) if quick else {}
         return cls(quick=quick, **{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
@@ -149,7 +154,62 @@ def measure_tasks(ctx: "Run") -> list[Figure]:
                                 "limit": ctx.cfg.limit}) for r in results]
 
 
+def measure_serving(ctx: "Run") -> list[Figure]:
+    """Concurrency sweep against the engine's OpenAI server, then the decode roofline."""
+    from quantkit.evaluation.memory import kv_bytes_per_token
+    from quantkit.evaluation.roofline import bound_tokens_per_s, measure_bandwidth_gbs
+    from quantkit.evaluation.serving import sweep
+    from quantkit.server import EngineServer
+
+    cfg = ctx.cfg
+    with EngineServer(ctx.target) as server:
+        levels = sweep(server.url, server.model_name, ctx.inputs.bench_prompts[0], list(cfg.serving_levels),
+                       cfg.serving_output, cfg.serving_repeats)
+    figs = []
+    for lv in levels:
+        c = lv["concurrency"]
+        cond = {"concurrency": c, "requests": lv["requests"], "repeats": lv["repeats"], "input_tokens": cfg.bench_input,
+                "output_tokens": cfg.serving_output, "server": ctx.target.engine.name + " OpenAI server",
+                "ignore_eos": True, "greedy": True,
+                "spread_tokens_per_s": lv["output_tokens_per_s_spread"], "spread_requests_per_s": lv["requests_per_s_spread"]}
+        n = lv["requests"] * lv["repeats"]
+        figs += [ctx.fig("serving", f"ttft_median_ms@{c}", lv["ttft_median_s"] * 1e3, None, n, "ms", conditions=cond),
+                 ctx.fig("serving", f"ttft_p90_ms@{c}", lv["ttft_p90_s"] * 1e3, None, n, "ms", conditions=cond),
+                 ctx.fig("serving", f"itl_median_ms@{c}", lv["itl_median_s"] * 1e3, None, n, "ms", conditions=cond),
+                 ctx.fig("serving", f"itl_p90_ms@{c}", lv["itl_p90_s"] * 1e3, None, n, "ms", conditions=cond),
+                 ctx.fig("serving", f"output_tokens_per_s@{c}", lv["output_tokens_per_s"],
+                         (lv["output_tokens_per_s_spread"][1] - lv["output_tokens_per_s_spread"][0]) / 2,
+                         lv["repeats"], "tok/s", conditions=cond),
+                 ctx.fig("serving", f"requests_per_s@{c}", lv["requests_per_s"], None, lv["repeats"], "req/s",
+                         conditions=cond)]
+    single = next((lv for lv in levels if lv["concurrency"] == 1), None)
+    if single:
+        config = json.loads((ctx.inputs.reference_dir / "config.json").read_text())
+        weights = _weights_bytes(ctx)
+        kv = kv_bytes_per_token(config, ctx.target.kv_cache_type) or 0.0
+        bw = measure_bandwidth_gbs()
+        context = cfg.bench_input + cfg.serving_output // 2
+        bound = bound_tokens_per_s(bw, weights, kv, context)
+        decode = 1.0 / single["itl_median_s"]
+        cond = {"bandwidth": "numpy copy, one thread (GB/s, read+write)", "bandwidth_gbs": bw,
+                "bytes_per_token": weights + kv * context, "weights_bytes": weights, "context": context,
+                "decode_rate": "1 / median inter-token latency at concurrency 1"}
+        figs += [ctx.fig("roofline", "decode_tokens_per_s", decode, None, single["requests"], "tok/s", conditions=cond),
+                 ctx.fig("roofline", "bound_tokens_per_s", bound, None, 1, "tok/s", conditions=cond),
+                 ctx.fig("roofline", "fraction_of_bound", decode / bound, None, 1, conditions=cond)]
+    return figs
+
+
+def _weights_bytes(ctx: "Run") -> float:
+    from quantkit import safetensors_info
+
+    if ctx.is_reference:
+        return float(safetensors_info.tensor_bytes(ctx.target.model_path))
+    return float(variants.get(ctx.target.name).manifest.get("weights_bytes") or 0)
+
+
 MEASURES: dict[str, Callable[["Run"], list[Figure]]] = {
+    "serving": measure_serving,
     "memory": measure_memory, "fidelity": measure_fidelity, "probes": measure_probes,
     "tasks": measure_tasks, "speed": measure_speed,
 }
@@ -182,6 +242,9 @@ def group_conditions(group: str, cfg: CompareConfig) -> dict:
         return {k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")}
     if group == "tasks":
         return {"tasks": sorted(cfg.tasks), "limit": cfg.limit}
+    if group == "serving":
+        return {"levels": list(cfg.serving_levels), "output": cfg.serving_output, "repeats": cfg.serving_repeats,
+                "input": cfg.bench_input}
     return {}
 
 
@@ -207,12 +270,23 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
             continue
         run = Run(target, None, inputs, cfg, fp, name == "reference")
         keyed = {g: measurement_key(target.name, target.engine.name, run.settings, g,
-                                    group_conditions(g, cfg), fp) for g in groups}
+                                    group_conditions(g, cfg), fp) for g in (*groups, *SERVER_GROUPS)}
         pending = [g for g in groups if cfg.force or not store.done(keyed[g])]
-        if not pending:
+        server_pending = [g for g in SERVER_GROUPS if cfg.force or not store.done(keyed[g])]
+        if not pending and not server_pending:
             console.print(f"{name}: every figure already measured (use --force to re-measure)")
             continue
-        console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(pending)}")
+        console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(pending + server_pending)}")
+        for g in server_pending:  # engine's HTTP server first: the worker below holds the memory otherwise
+            t0 = time.time()
+            try:
+                store.put(keyed[g], MEASURES[g](run))
+                console.print(f"  {g}: done in {time.time() - t0:.0f} s")
+            except (QuantkitError, OSError, RuntimeError) as e:
+                store.put(keyed[g], [_failed(target, g, str(e), fp)])
+                console.print(f"  [red]{g} failed[/]: {str(e).splitlines()[0]}")
+        if not pending:
+            continue
         try:
             with LocalExecutor().start(target, label="compare") as worker:
                 run.worker = worker

@@ -41,7 +41,8 @@ def kl_position(ref_top: list[list], var_top: list[list], vocab_size: int) -> fl
     """Coarse-grained KL(P_ref || P_var) over the reference top-k plus a tail bucket (natural log)."""
     p_ids = [int(t) for t, _ in ref_top]
     p = np.exp(np.array([lp for _, lp in ref_top], dtype=np.float64))
-    q_map = {int(t): math.exp(lp) for t, lp in var_top}
+    # np.exp for both sides: identical inputs must give exactly zero, not 1e-18
+    q_map = {int(t): float(v) for (t, _), v in zip(var_top, np.exp([lp for _, lp in var_top]))}
     q_known = sum(q_map.values())
     missing_slots = max(vocab_size - len(q_map), 1)
     q_fill = max(1.0 - q_known, 0.0) / missing_slots

@@ -27,6 +27,10 @@ COLUMNS = [
     ("KV tokens", "memory", "kv_capacity_tokens", "{:.0f}", None),
     ("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
     ("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
+    ("TTFT ms @1", "serving", "ttft_median_ms@1", "{:.0f}", False),
+    ("ITL ms @1", "serving", "itl_median_ms@1", "{:.1f}", False),
+    ("tok/s @4", "serving", "output_tokens_per_s@4", "{:.1f}", True),
+    ("roofline", "roofline", "fraction_of_bound", "{:.2f}", True),
 ]
 
 
@@ -94,7 +98,7 @@ def notes(store: Store) -> list[str]:
     for env, versions in fp.get("versions", {}).items():
         lines.append(f"{env} env: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     for group, f in sorted(seen.items()):
-        if group.startswith("task:") or group in ("fidelity", "speed", "probes"):
+        if group.startswith("task:") or group in ("fidelity", "speed", "probes", "serving", "roofline"):
             lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
     lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
                  "all losses are relative to it")

@@ -11,6 +11,14 @@ def _row(probs: dict[int, float], actual: int) -> dict:
     return {"token": math.log(probs[actual]), "top": [[t, lp] for t, lp in top]}
 
 
+def test_identical_top_k_with_a_tail_gives_exactly_zero():
+    rng = np.random.default_rng(1)
+    p = rng.dirichlet(np.ones(100))
+    top = np.argsort(-p)[:20]
+    rows = [[int(i), float(np.log(p[i]))] for i in top]
+    assert fidelity.kl_position(rows, rows, vocab_size=100) == 0.0
+
+
 def test_identical_distributions_have_zero_kl_full_agreement_and_known_ppl():
     rows = [_row({1: 0.5, 2: 0.25, 3: 0.25}, 1), _row({1: 0.5, 2: 0.25, 3: 0.25}, 2)]
     r = fidelity.summarize(rows, rows, vocab_size=3)
@@ -71,3 +79,20 @@ def test_median_spread_and_ties():
     assert tie(0.50, 0.02, 0.53, 0.02)  # 0.03 < 1.96 * 0.028
     assert not tie(0.50, 0.01, 0.60, 0.01)
     assert not tie(0.5, None, 0.5, 0.1)
+
+
+def test_roofline_bound_by_hand():
+    from quantkit.evaluation.roofline import bound_tokens_per_s, measure_bandwidth_gbs
+
+    # 10 GB/s over 100 MB of weights + 1000 B/token x 1000 tokens of KV (1 MB) -> 10e9 / 101e6
+    assert bound_tokens_per_s(10.0, 100e6, 1000, 1000) == pytest.approx(10e9 / 101e6)
+    assert measure_bandwidth_gbs(size_mib=16, repeats=2) > 0.1
+
+
+def test_serving_percentiles():
+    from quantkit.evaluation.serving import percentile
+
+    values = [0.1 * i for i in range(1, 11)]
+    assert percentile(values, 50) == pytest.approx(0.5) or percentile(values, 50) == pytest.approx(0.6)
+    assert percentile(values, 90) == pytest.approx(0.9)
+    assert percentile([3.0], 90) == 3.0
