@@ -15,6 +15,13 @@ app = typer.Typer(help="Which quantization should we ship? Build, serve and comp
 console = Console()
 
 
+@app.callback()
+def _main() -> None:
+    from quantkit.execution.procs import terminate_as_interrupt
+
+    terminate_as_interrupt()  # SIGTERM stops engines and removes partial builds, like Ctrl-C
+
+
 def _fail(e: QuantkitError) -> None:
     console.print(f"[red]error:[/] {e.args[0]}")
     if e.hint:
@@ -97,7 +104,6 @@ def serve(
                                                  "-o max_model_len=4096, -o n_threads=2"),
 ) -> None:
     """Serve a variant through its engine's OpenAI-compatible server until Ctrl-C."""
-    import signal as _signal
     import time as _time
 
     from quantkit import loader
@@ -107,7 +113,6 @@ def serve(
         target = loader.load(variant, engine=engine, settings=_engine_options(opt), kv_cache_dtype=kv_cache_dtype)
         console.print(f"starting {target.engine.name} for [bold]{target.name}[/] (KV cache: {target.kv_cache_type})")
         server = EngineServer(target, host=host, port=port)
-        _signal.signal(_signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         with server:
             console.print(f"[green]ready[/]: {server.url}  model: [bold]{server.model_name}[/]  log: {server.log_path}")
             console.print("Ctrl-C stops it.")
@@ -130,6 +135,9 @@ def compare(
     limit: Optional[int] = typer.Option(None, "--limit", help="documents per task"),
     quick: bool = typer.Option(False, "--quick", help="small windows, batches and limits for a fast pass"),
     force: bool = typer.Option(False, "--force", help="re-measure figures already stored"),
+    temperatures: str = typer.Option("", "--temperatures", help="sampling sweep on GSM8K, e.g. 0,0.6,1.0,1.5"),
+    top_p: float = typer.Option(1.0, "--top-p", help="top_p for the sampling sweep"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="seeded samples per problem in the sweep"),
     db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
 ) -> None:
@@ -144,8 +152,9 @@ def compare(
         console.print("[red]error:[/] name variants or pass --all")
         raise typer.Exit(2)
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else ([] if quick else list(TASKS))
+    temps = tuple(float(t) for t in temperatures.split(",") if t.strip()) if temperatures else ()
     cfg = CompareConfig.make(quick, tasks=chosen, limit=limit if limit is not None else (20 if quick and chosen else None),
-                             force=force)
+                             force=force, temperatures=temps, top_p=top_p, sweep_samples=samples)
     try:
         run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
                     settings=_engine_options(opt))

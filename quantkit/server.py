@@ -14,6 +14,7 @@ import httpx
 from quantkit import paths
 from quantkit.envs.manager import runtime_env
 from quantkit.errors import ConfigError, EngineError
+from quantkit.execution.procs import die_with_parent
 from quantkit.execution.worker_client import log_tail
 from quantkit.loader import Target
 
@@ -64,7 +65,8 @@ class EngineServer:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=runtime_env(self.target.engine.env), start_new_session=True)
+                                     env=runtime_env(self.target.engine.env), start_new_session=True,
+                                     preexec_fn=die_with_parent)
         log.close()
         self._wait_healthy()
         return self

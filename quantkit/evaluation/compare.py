@@ -50,11 +50,17 @@ class CompareConfig:
     serving_levels: tuple[int, ...] = (1, 4, 16)
     serving_output: int = 64
     serving_repeats: int = 3
+    temperatures: tuple[float, ...] = ()
+    top_p: float = 1.0
+    sweep_samples: int = 8
+    sweep_problems: int = 50
+    seed: int = 0
 
     @classmethod
     def make(cls, quick: bool, **kw) -> "CompareConfig":
         base = dict(window_len=256, windows=4, bench_batch=4, bench_input=64, bench_output=32, bench_repeats=3,
-                    serving_levels=(1, 4), serving_output=32, serving_repeats=2) if quick else {}
+                    serving_levels=(1, 4), serving_output=32, serving_repeats=2, sweep_samples=4,
+                    sweep_problems=10) if quick else {}
         return cls(quick=quick, **{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
@@ -200,6 +206,31 @@ def measure_serving(ctx: "Run") -> list[Figure]:
     return figs
 
 
+def measure_sweep(ctx: "Run") -> list[Figure]:
+    """GSM8K per temperature: N seeded samples per problem -> accuracy and diversity."""
+    from quantkit.evaluation import sweeps
+
+    cfg = ctx.cfg
+    docs = sweeps.problems(cfg.sweep_problems)
+    rendered = prompts.render(ctx.inputs.reference_dir,
+                              [prompts.chat(f"{d['question']}\n\n{sweeps.INSTRUCTION}") for d in docs])
+    ids = [list(p.token_ids) for p in rendered]
+    golds = [sweeps.gold(d["answer"]) for d in docs]
+    figs = []
+    for t in cfg.temperatures:
+        outs = ctx.worker.call("generate", prompts=ids, temperature=t, top_p=cfg.top_p, max_tokens=256,
+                               seed=cfg.seed, n=cfg.sweep_samples)
+        r = sweeps.score(golds, [[o["text"] for o in per] for per in outs])
+        cond = {"task": "gsm8k (chat prompt, flexible-extract exact match)", "temperature": t, "top_p": cfg.top_p,
+                "samples_per_problem": cfg.sweep_samples, "problems": r["problems"], "seed": cfg.seed,
+                "max_tokens": 256}
+        figs += [ctx.fig("sweep", f"accuracy@T={t:g}", r["accuracy"], r["accuracy_stderr"], r["problems"],
+                         conditions=cond),
+                 ctx.fig("sweep", f"diversity@T={t:g}", r["diversity"], r["diversity_stderr"], r["problems"],
+                         conditions=cond)]
+    return figs
+
+
 def _weights_bytes(ctx: "Run") -> float:
     from quantkit import safetensors_info
 
@@ -210,6 +241,7 @@ def _weights_bytes(ctx: "Run") -> float:
 
 MEASURES: dict[str, Callable[["Run"], list[Figure]]] = {
     "serving": measure_serving,
+    "sweep": measure_sweep,
     "memory": measure_memory, "fidelity": measure_fidelity, "probes": measure_probes,
     "tasks": measure_tasks, "speed": measure_speed,
 }
@@ -242,6 +274,9 @@ def group_conditions(group: str, cfg: CompareConfig) -> dict:
         return {k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")}
     if group == "tasks":
         return {"tasks": sorted(cfg.tasks), "limit": cfg.limit}
+    if group == "sweep":
+        return {"temperatures": list(cfg.temperatures), "top_p": cfg.top_p, "samples": cfg.sweep_samples,
+                "problems": cfg.sweep_problems, "seed": cfg.seed}
     if group == "serving":
         return {"levels": list(cfg.serving_levels), "output": cfg.serving_output, "repeats": cfg.serving_repeats,
                 "input": cfg.bench_input}
@@ -261,6 +296,8 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
     fp = fingerprint()
     inputs = prepare_inputs(cfg)
     groups = [g for g in GROUPS if g != "tasks" or cfg.tasks]
+    if cfg.temperatures:
+        groups.insert(groups.index("speed"), "sweep")
     for name in plan(names, all_):
         try:
             target = loader.load(name, settings=engine_settings(name, cfg, settings))

@@ -14,6 +14,7 @@ from typing import Any
 
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.errors import EngineError
+from quantkit.execution.procs import die_with_parent
 
 
 def log_tail(log_path: Path, n: int = 20) -> str:
@@ -35,6 +36,7 @@ class WorkerClient:
             [str(python_for(env)), "-m", module, json.dumps(settings)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
             env=runtime_env(env), start_new_session=True,  # own process group: we can stop all of it
+            preexec_fn=die_with_parent,
         )
         self._answers: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -98,7 +98,7 @@ def notes(store: Store) -> list[str]:
     for env, versions in fp.get("versions", {}).items():
         lines.append(f"{env} env: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     for group, f in sorted(seen.items()):
-        if group.startswith("task:") or group in ("fidelity", "speed", "probes", "serving", "roofline"):
+        if group.startswith("task:") or group in ("fidelity", "speed", "probes", "serving", "roofline", "sweep"):
             lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
     lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
                  "all losses are relative to it")
@@ -116,6 +116,25 @@ def probes(store: Store) -> dict[str, dict[str, str]]:
     return out
 
 
+def sweep_table(store: Store) -> tuple[list[str], list[list[str]]]:
+    """Variants x temperatures: 'accuracy ± se / diversity' per cell."""
+    cells: dict[str, dict[str, dict[str, Figure]]] = defaultdict(lambda: defaultdict(dict))
+    for f in store.figures():
+        if f.group == "sweep" and f.status == "ok":
+            kind, temp = f.metric.split("@T=")
+            cells[f.variant][temp][kind] = f
+    temps = sorted({t for v in cells.values() for t in v}, key=float)
+    header = ["variant"] + [f"T={t} acc / diversity" for t in temps]
+    rows = []
+    for v in sorted(cells, key=lambda n: (n != "reference", n)):
+        row = [v]
+        for t in temps:
+            a, d = cells[v][t].get("accuracy"), cells[v][t].get("diversity")
+            row.append(f"{a.value:.3f} ± {a.uncertainty:.3f} / {d.value:.2f}" if a and d else "n/a (not measured)")
+        rows.append(row)
+    return header, rows
+
+
 def to_markdown(store: Store) -> str:
     header, rows = table(store)
     md = ["# quantkit leaderboard", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -129,6 +148,10 @@ def to_markdown(store: Store) -> str:
         for v, text in sorted(by_variant.items(), key=lambda kv: (kv[0] != "reference", kv[0])):
             md.append(f"| {v} | {' '.join(text.split()).replace('|', '/')[:300]} |")
         md.append("")
+    sh, srows = sweep_table(store)
+    if srows:
+        md += ["## Temperature sweep (GSM8K)", "", "| " + " | ".join(sh) + " |", "|" + "---|" * len(sh)]
+        md += ["| " + " | ".join(r) + " |" for r in srows] + [""]
     md += ["## Conditions", ""] + [f"- {line}" for line in notes(store)]
     return "\n".join(md) + "\n"
 
@@ -144,7 +167,9 @@ def to_csv(store: Store) -> str:
 
 def to_json(store: Store) -> str:
     header, rows = table(store)
+    sh, srows = sweep_table(store)
     return json.dumps({"table": {"header": header, "rows": rows}, "probes": probes(store), "notes": notes(store),
+                       "sweep": {"header": sh, "rows": srows},
                        "figures": [as_dict(f) for f in store.figures()]}, indent=2, default=str)
 
 

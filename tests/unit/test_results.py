@@ -84,3 +84,15 @@ def test_plots_are_written(store, tmp_path):
     names = sorted(p.name for p in written)
     assert names == ["accuracy_vs_size.png", "kld_vs_bpw.png"]  # no speed figures -> no throughput plot
     assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_sweep_table_lists_accuracy_and_diversity_per_temperature(tmp_path):
+    s = Store(tmp_path / "s.sqlite")
+    s.put("a", [_fig("q8", "llamacpp", "sweep", "accuracy@T=0", 0.2, 0.1, n=10),
+                _fig("q8", "llamacpp", "sweep", "diversity@T=0", 0.0, 0.0, n=10),
+                _fig("q8", "llamacpp", "sweep", "accuracy@T=1", 0.1, 0.05, n=10),
+                _fig("q8", "llamacpp", "sweep", "diversity@T=1", 0.9, 0.1, n=10)])
+    header, rows = leaderboard.sweep_table(s)
+    assert header == ["variant", "T=0 acc / diversity", "T=1 acc / diversity"]
+    assert rows == [["q8", "0.200 ± 0.100 / 0.00", "0.100 ± 0.050 / 0.90"]]
+    assert "## Temperature sweep (GSM8K)" in leaderboard.to_markdown(s)

@@ -26,11 +26,18 @@ def main(settings: dict) -> None:
 
     def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
                  max_tokens: int = 64, seed: int | None = None, stop: list[str] | None = None, n: int = 1) -> list:
+        # vLLM refuses n > 1 with greedy sampling; greedy samples are identical by definition,
+        # so one is generated and repeated (diversity at temperature 0 is then exactly 0).
+        draws = 1 if temperature == 0 else n
         params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                                seed=seed, stop=stop or None, n=n)
+                                seed=seed, stop=stop or None, n=draws)
         outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-        return [[{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
-                 for c in o.outputs] for o in outs]
+        results = []
+        for o in outs:
+            samples = [{"text": c.text, "token_ids": list(c.token_ids), "finish_reason": c.finish_reason}
+                       for c in o.outputs]
+            results.append(samples * n if draws == 1 else samples)
+        return results
 
     def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
         """For each sequence, per position i>=1: {"token": logprob of ids[i], "top": [[id, logprob], ...]}."""
