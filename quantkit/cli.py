@@ -12,7 +12,8 @@ from quantkit.errors import QuantkitError
 
 app = typer.Typer(help="Which quantization should we ship? Build, serve and compare quantized variants.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+# Wide enough for the tables when output goes to a file or CI log (rich would assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 @app.callback()

@@ -94,7 +94,12 @@ def test_identical_recipe_is_reused_and_force_rebuilds(built):
     assert reused and v.manifest["finished"] == built["smollm2_gguf_q8_0"].manifest["finished"]
     changed = load_recipe(RECIPES / "smollm2_gguf_q8_0.yaml", ["name=smollm2-gguf-q8_0-bf16base", "method.base_outtype=bf16"])
     v2, reused2 = builders.build(changed)
-    assert not reused2 and v2.manifest["recipe"]["method"]["base_outtype"] == "bf16"
+    try:
+        assert not reused2 and v2.manifest["recipe"]["method"]["base_outtype"] == "bf16"
+    finally:
+        import shutil
+
+        shutil.rmtree(v2.path)  # a test variant: keep the user's models/ as it was
 
 
 @pytest.fixture(scope="module")
