@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,8 +98,6 @@ def test_identical_recipe_is_reused_and_force_rebuilds(built):
     try:
         assert not reused2 and v2.manifest["recipe"]["method"]["base_outtype"] == "bf16"
     finally:
-        import shutil
-
         shutil.rmtree(v2.path)  # a test variant: keep the user's models/ as it was
 
 
