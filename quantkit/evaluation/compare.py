@@ -302,7 +302,11 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
         try:
             target = loader.load(name, settings=engine_settings(name, cfg, settings))
         except QuantkitError as e:
-            _record_failure(store, name, "?", groups, cfg, fp, f"cannot load: {e}")
+            try:
+                engine = loader.default_engine(loader.locate(name)[2]).name
+            except QuantkitError:
+                engine = "?"
+            _record_failure(store, name, engine, groups, cfg, fp, f"cannot load: {e.args[0]}")
             console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
             continue
         run = Run(target, None, inputs, cfg, fp, name == "reference")

@@ -56,6 +56,11 @@ def _rows(store: Store) -> tuple[list[str], dict, list[tuple], list[Figure]]:
     return names, {"values": by, "failures": failures, "engines": engines}, cols, figs
 
 
+def _short(reason: str, limit: int = 90) -> str:
+    text = " ".join(reason.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def table(store: Store) -> tuple[list[str], list[list[str]]]:
     names, data, cols, _ = _rows(store)
     header = ["variant", "engine", "KV cache"] + [c[0] for c in cols]
@@ -69,8 +74,11 @@ def table(store: Store) -> tuple[list[str], list[list[str]]]:
         for title, group, metric, fmt, _ in cols:
             f = vals.get((group, metric))
             if f is None or f.value is None:
-                reason = data["failures"].get(n, {}).get(group) or ("not measured" if f is None else "not reported")
-                row.append(f"n/a ({reason.splitlines()[0][:60]})")
+                failed = data["failures"].get(n, {})
+                # task:* figures come from the "tasks" group, roofline from "serving"
+                source = "tasks" if group.startswith("task:") else "serving" if group == "roofline" else group
+                reason = failed.get(group) or failed.get(source) or ("not measured" if f is None else "not reported")
+                row.append(f"n/a ({_short(reason)})")
                 continue
             cell = fmt.format(f.value)
             if f.uncertainty is not None:

@@ -96,3 +96,12 @@ def test_sweep_table_lists_accuracy_and_diversity_per_temperature(tmp_path):
     assert header == ["variant", "T=0 acc / diversity", "T=1 acc / diversity"]
     assert rows == [["q8", "0.200 ± 0.100 / 0.00", "0.100 ± 0.050 / 0.90"]]
     assert "## Temperature sweep (GSM8K)" in leaderboard.to_markdown(s)
+
+
+def test_a_failed_task_group_explains_the_task_columns(store):
+    store.put("k6", [Figure("q2", "llamacpp", "tasks", "failed", status="failed",
+                            reason="llama_decode returned 1\nlong log tail", fingerprint=FP)])
+    store.put("k7", [_fig("q8", "llamacpp", "task:gsm8k", "exact_match", 0.1, 0.05)])
+    header, rows = leaderboard.table(store)
+    q2 = dict(zip(header, next(r for r in rows if r[0] == "q2")))
+    assert q2["gsm8k exact_match"] == "n/a (llama_decode returned 1 long log tail)"
