@@ -35,7 +35,7 @@ def write_calibration(calib: Calibration, out_file: Path) -> int:
 
 
 def env_versions(name: str) -> dict:
-    marker = manager._read_marker(name) or {}
+    marker = manager.read_marker(name) or {}
     return marker.get("versions", {})
 
 

@@ -49,7 +49,7 @@ def requirements_hash(s: EnvSpec) -> str:
     return hashlib.sha256(s.requirements_text().encode()).hexdigest()[:16]
 
 
-def _read_marker(name: str) -> dict | None:
+def read_marker(name: str) -> dict | None:
     marker = env_dir(name) / MARKER
     try:
         return json.loads(marker.read_text())
@@ -61,7 +61,7 @@ def status(s: EnvSpec, *, probe: bool = False) -> EnvStatus:
     """Is the env ready? With `probe`, also import its main module inside it (slower, certain)."""
     path = env_dir(s.name)
     fix = f"quantkit setup --engines {s.name}"
-    marker = _read_marker(s.name)
+    marker = read_marker(s.name)
     if marker is None:
         problem = "not created" if not path.exists() else "incomplete (creation did not finish)"
         return EnvStatus(s.name, path, False, problem=problem, fix=fix)

@@ -66,7 +66,7 @@ class CompareConfig:
 
 def fingerprint() -> dict:
     hw = hardware.detect()
-    return {"hardware": hw.describe(), "versions": {n: (manager._read_marker(n) or {}).get("versions", {})
+    return {"hardware": hw.describe(), "versions": {n: (manager.read_marker(n) or {}).get("versions", {})
                                                     for n in ENGINE_NAMES}}
 
 
