@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 
 from quantkit import evaldata, hardware, loader, paths, prompts, sources, variants
-from quantkit.envs import manager
+from quantkit.builders.common import env_versions
 from quantkit.envs.specs import ENGINE_NAMES
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.evaluation import fidelity
@@ -66,8 +66,7 @@ class CompareConfig:
 
 def fingerprint() -> dict:
     hw = hardware.detect()
-    return {"hardware": hw.describe(), "versions": {n: (manager.read_marker(n) or {}).get("versions", {})
-                                                    for n in ENGINE_NAMES}}
+    return {"hardware": hw.describe(), "versions": {n: env_versions(n) for n in ENGINE_NAMES}}
 
 
 @dataclass
