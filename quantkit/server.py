@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ import httpx
 from quantkit import paths
 from quantkit.envs.manager import runtime_env
 from quantkit.errors import ConfigError, EngineError
-from quantkit.execution.procs import die_with_parent
+from quantkit.execution.procs import die_with_parent, stop_group
 from quantkit.execution.worker_client import log_tail
 from quantkit.loader import Target
 
@@ -93,19 +92,8 @@ class EngineServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                # the leader is gone; make sure no child of its group lingers
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        # SIGINT first: both servers shut down gracefully on it
+        stop_group(self.proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)))
         self.proc = None
 
     def __enter__(self) -> "EngineServer":

@@ -9,7 +9,9 @@ serve leaves no orphan engine behind.
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
+import subprocess
 import sys
 
 PR_SET_PDEATHSIG = 1
@@ -28,3 +30,22 @@ def terminate_as_interrupt() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+
+
+def stop_group(proc: subprocess.Popen, steps=((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))) -> None:
+    """Signal `proc`'s process group step by step until the leader exits, then SIGKILL whatever is
+    left of the group (engines spawn helpers that may outlive their parent)."""
+    for sig, wait in steps:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

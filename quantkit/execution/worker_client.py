@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
-import signal
 import subprocess
 import threading
 from collections import deque
@@ -14,7 +12,7 @@ from typing import Any
 
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.errors import EngineError
-from quantkit.execution.procs import die_with_parent
+from quantkit.execution.procs import die_with_parent, stop_group
 
 
 def log_tail(log_path: Path, n: int = 20) -> str:
@@ -88,15 +86,7 @@ class WorkerClient:
                 self._proc.wait(timeout=grace)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self._proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self._proc)
         self._log.close()
 
     def __enter__(self) -> "WorkerClient":
