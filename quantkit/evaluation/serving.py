@@ -2,8 +2,10 @@
 
 Hand-written (the engines' own clients - vLLM's `bench serve`, llama.cpp's server bench - each
 live in one engine's environment and report differently); it is small: streamed completions,
-timestamps per token chunk, and percentiles. Every request sends the same prompt token ids with
-a fixed number of output tokens (EOS ignored), greedy.
+timestamps per token chunk, and percentiles. Requests take their prompts (token ids, all of one
+length) in turn from a pool of distinct prompts, so that prefix caching cannot turn repeated
+prompts into cache hits; each asks for a fixed number of output tokens (EOS ignored), greedy.
+`python -m quantkit.evaluation.crosscheck` compares these figures with `vllm bench serve`.
 """
 
 from __future__ import annotations
@@ -58,16 +60,26 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-def sweep(url: str, model: str, prompt: list[int], levels: list[int], max_tokens: int, repeats: int) -> list[dict]:
+def requests_needed(levels: list[int], repeats: int) -> int:
+    """Prompts a sweep sends in all: 2 x concurrency requests (at least 4) per level and repeat."""
+    return sum(max(2 * c, 4) for c in levels) * repeats + 1
+
+
+def sweep(url: str, model: str, prompts: list[list[int]], levels: list[int], max_tokens: int,
+          repeats: int) -> list[dict]:
     """Per concurrency level: TTFT and ITL median/p90 over all requests of all repeats; output
-    tokens/s and requests/s as median of the repeats with their min-max spread."""
-    asyncio.run(_level(url, model, [prompt], 1, 4))  # warm-up
+    tokens/s and requests/s as median of the repeats with their min-max spread.
+
+    Prompts are taken in turn from `prompts`; pass `requests_needed(...)` of them so that no
+    prompt is sent twice (fewer are cycled)."""
+    pool = iter(prompts * (requests_needed(levels, repeats) // len(prompts) + 1))
+    asyncio.run(_level(url, model, [next(pool)], 1, 4))  # warm-up
     out = []
     for c in levels:
         n_requests = max(2 * c, 4)
         ttft, itl, tps, rps = [], [], [], []
         for _ in range(repeats):
-            run = asyncio.run(_level(url, model, [prompt] * n_requests, c, max_tokens))
+            run = asyncio.run(_level(url, model, [next(pool) for _ in range(n_requests)], c, max_tokens))
             ttft += [r["ttft"] for r in run["results"]]
             itl += [x for r in run["results"] for x in r["itl"]]
             tps.append(n_requests * max_tokens / run["wall"])

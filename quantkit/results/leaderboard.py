@@ -56,7 +56,7 @@ def _rows(store: Store) -> tuple[list[str], dict, list[tuple], list[Figure]]:
     return names, {"values": by, "failures": failures, "engines": engines}, cols, figs
 
 
-def _short(reason: str, limit: int = 90) -> str:
+def _short(reason: str, limit: int = 240) -> str:
     text = " ".join(reason.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -143,10 +143,28 @@ def sweep_table(store: Store) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def footnoted(rows: list[list[str]], inline: int = 24) -> tuple[list[list[str]], list[str]]:
+    """Long reasons in `n/a (...)` cells become `n/a [k]` with the reason once, under the table."""
+    numbers: dict[str, int] = {}
+    out = []
+    for row in rows:
+        cells = []
+        for cell in row:
+            reason = cell[len("n/a ("):-1] if cell.startswith("n/a (") and cell.endswith(")") else None
+            if reason is not None and len(reason) > inline:
+                cell = f"n/a [{numbers.setdefault(reason, len(numbers) + 1)}]"
+            cells.append(cell)
+        out.append(cells)
+    return out, [f"[{k}] {reason}" for reason, k in numbers.items()]
+
+
 def to_markdown(store: Store) -> str:
     header, rows = table(store)
+    rows, reasons = footnoted(rows)
     md = ["# quantkit leaderboard", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+    if reasons:
+        md += ["", "Why cells are empty:", ""] + [f"- {r.replace('|', '/')}" for r in reasons]
     md += ["", "## Probe generations (greedy)", ""]
     for probe, by_variant in sorted(probes(store).items()):
         md.append(f"### {probe}")

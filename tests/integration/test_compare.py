@@ -92,6 +92,9 @@ def test_every_leaderboard_cell_is_a_figure_or_a_reason(finished_db):
         for cell in row[3:]:
             assert cell and (cell[0].isdigit() or cell.startswith(("≈", "n/a (", "-"))), (row[0], cell)
     md = leaderboard.to_markdown(store)
+    for line in md.split("## Probe generations")[0].splitlines()[4:]:  # table rows: every n/a has its reason
+        if line.startswith("| "):
+            assert all(not c.strip() == "n/a" for c in line.split("|")), line
     assert "### singapore" in md and "## Conditions" in md
     data = json.loads(leaderboard.to_json(store))
     assert {r[0] for r in data["table"]["rows"]} == {"reference", *VARIANTS.values()}

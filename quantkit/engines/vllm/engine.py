@@ -19,6 +19,18 @@ def kv_capacity_from_log(text: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
+def cli_flags(settings: dict) -> list[str]:
+    """Engine settings as vLLM command-line flags (`vllm serve`, `vllm bench`): booleans are switches."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 class VllmEngine(Engine):
     name = "vllm"
     env = "vllm"
@@ -35,14 +47,7 @@ class VllmEngine(Engine):
         cmd = [str(python_for(self.env)), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(model_path), "--served-model-name", served_name,
                "--host", host, "--port", str(port)]
-        for key, value in settings.model_dump(exclude_none=True).items():
-            flag = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                if value:
-                    cmd.append(flag)
-            else:
-                cmd += [flag, str(value)]
-        return cmd
+        return cmd + cli_flags(settings.model_dump(exclude_none=True))
 
     def kv_cache_type(self, settings: VllmSettings) -> str:
         return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else "auto (model dtype)"
