@@ -64,3 +64,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    """Write a file all at once: a killed writer leaves the old file (or none), never half of one."""
+    tmp = partial_path(final)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, final)

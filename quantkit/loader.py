@@ -42,6 +42,9 @@ def locate(name: str) -> tuple[str, Path, str]:
     if name in REFERENCE_NAMES:
         src = sources.resolve("default")
         return "reference", Path(src.location), "safetensors"
+    if name.startswith("reference:"):  # another source model (folder or hub id) as a reference
+        src = sources.resolve(name.removeprefix("reference:"))
+        return name, sources.materialize(src), "safetensors"
     v = variants.get(name)
     if v.format == "gguf":
         return v.name, v.path / v.manifest["gguf_file"], "gguf"

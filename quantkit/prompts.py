@@ -26,8 +26,10 @@ def chat(user: str, system: str | None = None) -> dict:
     return {"messages": messages}
 
 
-def plain(text: str) -> dict:
-    return {"text": text}
+def plain(text: str, add_special_tokens: bool = True) -> dict:
+    """A plain continuation prompt; `add_special_tokens=False` for pieces that are split and joined
+    later (lm-eval's context/continuation encoding), which must not gain BOS/EOS tokens."""
+    return {"text": text} if add_special_tokens else {"text": text, "add_special_tokens": False}
 
 
 def _tokenizer_fingerprint(tokenizer_dir: Path) -> str:

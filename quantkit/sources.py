@@ -84,6 +84,31 @@ def resolve(spec: str) -> Source:
                       hint="use `default` (embedded SmolLM2), a local folder, or a hub id like Qwen/Qwen2.5-0.5B-Instruct")
 
 
+def materialize(source: Source) -> Path:
+    """A local folder holding the source's files: itself when local; for a hub id, the Hugging Face
+    cache's snapshot (downloaded once, through huggingface_hub in the compressor env)."""
+    if source.is_local:
+        return Path(source.location)
+    from quantkit.envs.run import run_worker
+
+    log = paths.cache_dir() / "logs" / f"download-{source.name}.log"
+    result = run_worker("compressor", "quantkit.workers.snapshot", [source.location], log)
+    path = Path(result["path"])
+    if not (path / "config.json").exists():
+        raise ConfigError(f"the download of {source.location} has no config.json (see {log})")
+    return path
+
+
+def reference_name(spec: str) -> str:
+    """How a source model appears in results: `reference` for the embedded default, else
+    `reference:<spec>` (the spec is kept, so the name alone finds the model again)."""
+    return "reference" if spec.strip() in EMBEDDED_ALIASES else f"reference:{spec.strip()}"
+
+
+def is_reference_name(name: str) -> bool:
+    return name == "reference" or name.startswith("reference:")
+
+
 def embedded_gguf() -> Path:
     from quantkit.envs.data_packages import package_root
 

@@ -15,10 +15,9 @@ from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import runtime_env
 from quantkit.envs.run import run_worker
 from quantkit.envs.steps import run_logged
-from quantkit.errors import ConfigError
 from quantkit.hardware import detect
 from quantkit.recipes import Recipe
-from quantkit.sources import Source
+from quantkit.sources import Source, materialize
 
 
 def inspect(gguf_file: Path, log: Path) -> dict:
@@ -30,9 +29,8 @@ def inspect(gguf_file: Path, log: Path) -> dict:
 
 def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: TaskID) -> dict:
     m = recipe.method
-    if not source.is_local:
-        raise ConfigError("GGUF builds need a local checkpoint: download the hub model first "
-                          "(`huggingface-cli download ID --local-dir DIR`) and set `source: DIR`")
+    # llama.cpp's converter reads a local checkpoint: a hub source is downloaded first
+    source_dir = materialize(source)
     log = paths.cache_dir() / "logs" / f"build-{recipe.name}.log"
     work = out / ".work"
     work.mkdir()
@@ -41,7 +39,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
 
     t = time.time()
     progress.update(task, status=f"convert_hf_to_gguf.py -> {m.base_outtype}")
-    base = convert_hf_to_gguf(Path(source.location), work / f"base-{m.base_outtype}.gguf", log, m.base_outtype,
+    base = convert_hf_to_gguf(source_dir, work / f"base-{m.base_outtype}.gguf", log, m.base_outtype,
                               progress=progress, task=task)
     steps["convert_seconds"] = round(time.time() - t, 1)
 

@@ -9,6 +9,7 @@ engine fails is recorded as failed with its reason while the others go on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import yaml
 from rich.console import Console
 
 from quantkit import evaldata, hardware, loader, paths, prompts, sources, variants
+from quantkit.atomic import write_text_atomic
 from quantkit.builders.common import env_versions
 from quantkit.envs.specs import ENGINE_NAMES
 from quantkit.errors import ConfigError, QuantkitError
@@ -66,6 +68,21 @@ class CompareConfig:
         return cls(quick=quick, **{**base, **{k: v for k, v in kw.items() if v is not None}})
 
 
+def digest(obj) -> str:
+    """Short content hash of anything JSON-serialisable (inputs, files) for measurement keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_identity(name: str) -> dict:
+    """What makes a model the same model: a rebuilt variant (same name) is measured again."""
+    if sources.is_reference_name(name):
+        ident = sources.resolve(name.removeprefix("reference:") if name != "reference" else "default").identity()
+        return {"reference": ident.get("sha256") or ident}
+    m = variants.get(name).manifest
+    return {"recipe": m.get("recipe_fingerprint"), "finished": m.get("finished"),
+            "weights_bytes": m.get("weights_bytes")}
+
+
 def fingerprint() -> dict:
     hw = hardware.detect()
     return {"hardware": hw.describe(), "versions": {n: env_versions(n) for n in ENGINE_NAMES}}
@@ -85,8 +102,9 @@ class Inputs:
     reference_dir: Path
 
 
-def prepare_inputs(cfg: CompareConfig) -> Inputs:
-    ref = Path(sources.resolve("default").location)
+def prepare_inputs(cfg: CompareConfig, reference_dir: Path | None = None) -> Inputs:
+    """Inputs rendered once with the reference's tokenizer (and chat template)."""
+    ref = reference_dir or Path(sources.resolve("default").location)
     texts = evaldata.load_texts("lambada", limit=400)
     [stream] = prompts.render(ref, [prompts.plain("\n\n".join(texts))])
     wins = fidelity.windows(list(stream.token_ids), cfg.window_len, cfg.windows)
@@ -102,10 +120,10 @@ def prepare_inputs(cfg: CompareConfig) -> Inputs:
                   vocab, ref)
 
 
-def _reference_rows_file(inputs: Inputs, cfg: CompareConfig) -> Path:
-    key = measurement_key("reference", "vllm", {}, "fidelity-rows",
-                          {"windows": inputs.windows, "top_k": cfg.top_k}, {})
-    return paths.cache_dir() / "reference" / f"{key}.json"
+def _reference_rows_file(reference_key: str) -> Path:
+    """The reference's per-position rows, named by the reference's own fidelity measurement key
+    (its settings, engine versions and the windows): variants are scored against exactly that."""
+    return paths.cache_dir() / "reference" / f"{reference_key}.json"
 
 
 def _score_windows(worker: WorkerClient, inputs: Inputs, cfg: CompareConfig) -> list[dict]:
@@ -117,17 +135,20 @@ def _score_windows(worker: WorkerClient, inputs: Inputs, cfg: CompareConfig) -> 
 
 def measure_fidelity(ctx: "Run") -> list[Figure]:
     rows = _score_windows(ctx.worker, ctx.inputs, ctx.cfg)
-    ref_file = _reference_rows_file(ctx.inputs, ctx.cfg)
+    ref_file = _reference_rows_file(ctx.reference_key)
     if ctx.is_reference:
         ref_file.parent.mkdir(parents=True, exist_ok=True)
-        ref_file.write_text(json.dumps(rows))
+        write_text_atomic(ref_file, json.dumps(rows))
     if not ref_file.exists():
         raise ConfigError("the reference distribution is not cached yet; compare includes the reference first")
     ref_rows = json.loads(ref_file.read_text())
     r = fidelity.summarize(ref_rows, rows, ctx.inputs.vocab_size)
     cond = {"data": "lambada", "windows": len(ctx.inputs.windows), "window_len": ctx.cfg.window_len,
-            "scored": "second half of each window", "top_k": ctx.cfg.top_k, "reference": "reference on vllm"}
+            "scored": "second half of each window", "top_k": ctx.cfg.top_k,
+            "reference": f"{ctx.reference_name} on vllm", "reference_rows": ctx.reference_key}
     return [ctx.fig("fidelity", "ppl", r.ppl, r.ppl_stderr, r.n, conditions=cond),
+            ctx.fig("fidelity", "ppl_ratio", r.ppl_ratio, r.ppl_ratio_stderr, r.n,
+                    conditions={**cond, "stderr": "paired over the same tokens"}),
             ctx.fig("fidelity", "kld_mean", r.kld_mean, r.kld_stderr, r.n, "nats", conditions=cond),
             ctx.fig("fidelity", "kld_p99", r.kld_p99, None, r.n, "nats", conditions=cond),
             ctx.fig("fidelity", "top1_agreement", r.top1, r.top1_stderr, r.n, conditions=cond)]
@@ -154,7 +175,10 @@ def measure_speed(ctx: "Run") -> list[Figure]:
 
 
 def measure_memory(ctx: "Run") -> list[Figure]:
-    return memory_figures(ctx)
+    figs = memory_figures(ctx)
+    for f in figs:  # the peak depends on what this engine process did before (resume may skip groups)
+        f.conditions["peak_after_groups"] = list(ctx.history)
+    return figs
 
 
 def measure_tasks(ctx: "Run") -> list[Figure]:
@@ -169,8 +193,6 @@ def measure_tasks(ctx: "Run") -> list[Figure]:
 
 def measure_serving(ctx: "Run") -> list[Figure]:
     """Concurrency sweep against the engine's OpenAI server, then the decode roofline."""
-    from quantkit.evaluation.memory import kv_bytes_per_token
-    from quantkit.evaluation.roofline import bound_tokens_per_s, measure_bandwidth_gbs
     from quantkit.evaluation.serving import sweep
     from quantkit.server import EngineServer
 
@@ -198,20 +220,37 @@ def measure_serving(ctx: "Run") -> list[Figure]:
                          conditions=cond)]
     single = next((lv for lv in levels if lv["concurrency"] == 1), None)
     if single:
-        config = json.loads((ctx.inputs.reference_dir / "config.json").read_text())
-        weights = _weights_bytes(ctx)
-        kv = kv_bytes_per_token(config, ctx.target.kv_cache_type) or 0.0
-        bw = measure_bandwidth_gbs()
-        context = cfg.bench_input + cfg.serving_output // 2
-        bound = bound_tokens_per_s(bw, weights, kv, context)
-        decode = 1.0 / single["itl_median_s"]
-        cond = {"bandwidth": "numpy copy, one thread (GB/s, read+write)", "bandwidth_gbs": bw,
-                "bytes_per_token": weights + kv * context, "weights_bytes": weights, "context": context,
-                "decode_rate": "1 / median inter-token latency at concurrency 1"}
-        figs += [ctx.fig("roofline", "decode_tokens_per_s", decode, None, single["requests"], "tok/s", conditions=cond),
-                 ctx.fig("roofline", "bound_tokens_per_s", bound, None, 1, "tok/s", conditions=cond),
-                 ctx.fig("roofline", "fraction_of_bound", decode / bound, None, 1, conditions=cond)]
+        try:  # a roofline that cannot be computed is a failed roofline, not a lost serving sweep
+            figs += _roofline(ctx, single)
+        except Exception as e:  # noqa: BLE001 - recorded with its reason
+            figs.append(Figure(ctx.target.name, ctx.target.engine.name, "roofline", "failed", status="failed",
+                               reason=str(e) or type(e).__name__, fingerprint=ctx.fp))
     return figs
+
+
+def _roofline(ctx: "Run", single: dict) -> list[Figure]:
+    from quantkit.evaluation.memory import kv_bytes_per_token
+    from quantkit.evaluation.roofline import bound_tokens_per_s, measure_bandwidth_gbs
+
+    cfg = ctx.cfg
+    if hardware.detect().has_cuda:
+        raise QuantkitError("not computed on a GPU machine: quantkit measures host-memory copy bandwidth, "
+                            "which does not bound a GPU's decode (device bandwidth is not measured yet)")
+    config = json.loads((ctx.inputs.reference_dir / "config.json").read_text())
+    weights = _weights_bytes(ctx)
+    if not weights:
+        raise QuantkitError("the variant's manifest records no weight size")
+    kv = kv_bytes_per_token(config, ctx.target.kv_cache_type) or 0.0
+    bw, threads = measure_bandwidth_gbs()
+    context = cfg.bench_input + cfg.serving_output // 2
+    bound = bound_tokens_per_s(bw, weights, kv, context)
+    decode = 1.0 / single["itl_median_s"]
+    cond = {"bandwidth": f"numpy copy, {threads} threads (GB/s, read+write), best of 5", "bandwidth_gbs": bw,
+            "bytes_per_token": weights + kv * context, "weights_bytes": weights, "context": context,
+            "decode_rate": "1 / median inter-token latency at concurrency 1"}
+    return [ctx.fig("roofline", "decode_tokens_per_s", decode, None, single["requests"], "tok/s", conditions=cond),
+            ctx.fig("roofline", "bound_tokens_per_s", bound, None, 1, "tok/s", conditions=cond),
+            ctx.fig("roofline", "fraction_of_bound", decode / bound, None, 1, conditions=cond)]
 
 
 def measure_sweep(ctx: "Run") -> list[Figure]:
@@ -231,7 +270,10 @@ def measure_sweep(ctx: "Run") -> list[Figure]:
         r = sweeps.score(golds, [[o["text"] for o in per] for per in outs])
         cond = {"task": "gsm8k (chat prompt, flexible-extract exact match)", "temperature": t, "top_p": cfg.top_p,
                 "samples_per_problem": cfg.sweep_samples, "problems": r["problems"], "seed": cfg.seed,
-                "max_tokens": 256}
+                "max_tokens": 256, "seeding": "sample i uses seed + i"}
+        if cfg.top_p < 1:  # the engines chain their samplers differently; stated, not hidden
+            cond["sampler_order"] = ("top-p, then temperature (llama-cpp-python)" if ctx.target.engine.name == "llamacpp"
+                                     else "temperature, then top-p (vLLM)")
         figs += [ctx.fig("sweep", f"accuracy@T={t:g}", r["accuracy"], r["accuracy_stderr"], r["problems"],
                          conditions=cond),
                  ctx.fig("sweep", f"diversity@T={t:g}", r["diversity"], r["diversity_stderr"], r["problems"],
@@ -265,6 +307,9 @@ class Run:
     cfg: CompareConfig
     fp: dict
     is_reference: bool
+    reference_name: str = "reference"
+    reference_key: str = ""
+    history: list[str] = field(default_factory=list)  # groups this engine process ran, in order
 
     @property
     def settings(self) -> dict:
@@ -275,26 +320,83 @@ class Run:
                       settings=self.settings, conditions=conditions or {}, fingerprint=self.fp)
 
 
-def group_conditions(group: str, cfg: CompareConfig) -> dict:
+def group_conditions(group: str, cfg: CompareConfig, inputs: Inputs) -> dict:
+    """Everything that changes a group's figures besides the model, engine settings and versions:
+    its configuration and a digest of the exact inputs it sends (so edited data, probes or task
+    configs are measured again instead of reusing stale figures)."""
     if group == "fidelity":
-        return {"top_k": cfg.top_k, "window_len": cfg.window_len, "windows": cfg.windows}
+        return {"top_k": cfg.top_k, "window_len": cfg.window_len, "windows": cfg.windows,
+                "inputs": digest(inputs.windows)}
+    if group == "probes":
+        return {"inputs": digest([inputs.probe_ids, inputs.probe_max_tokens])}
     if group == "speed":
-        return {k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")}
+        return {**{k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")},
+                "inputs": digest(inputs.bench_prompts)}
     if group == "tasks":
-        return {"tasks": sorted(cfg.tasks), "limit": cfg.limit}
+        from quantkit.evaluation.tasks import lm_eval_version
+
+        files = sorted((paths.evals_dir() / "tasks").glob("*.yaml")) + [evaldata.definitions_file()]
+        return {"tasks": sorted(cfg.tasks), "limit": cfg.limit, "lm_eval": lm_eval_version(),
+                "configs": digest({f.name: f.read_text() for f in files})}
     if group == "sweep":
         return {"temperatures": list(cfg.temperatures), "top_p": cfg.top_p, "samples": cfg.sweep_samples,
-                "problems": cfg.sweep_problems, "seed": cfg.seed}
+                "problems": cfg.sweep_problems, "seed": cfg.seed,
+                "configs": digest((paths.evals_dir() / "tasks" / "qk_gsm8k.yaml").read_text())}
     if group == "serving":
         return {"levels": list(cfg.serving_levels), "output": cfg.serving_output, "repeats": cfg.serving_repeats,
-                "input": cfg.bench_input, "prompts": "distinct lambada slices"}
+                "input": cfg.bench_input, "inputs": digest(inputs.serving_prompts)}
     return {}
 
 
-def plan(names: list[str], all_: bool) -> list[str]:
+def _key(target: loader.Target, settings: dict, group: str, cfg: CompareConfig, inputs: Inputs, fp: dict,
+         reference_key: str = "") -> str:
+    cond = {**group_conditions(group, cfg, inputs), "model": model_identity(target.name)}
+    if group == "fidelity" and not sources.is_reference_name(target.name):
+        cond["reference_rows"] = reference_key  # scored against exactly these reference rows
+    return measurement_key(target.name, target.engine.name, settings, group, cond, fp)
+
+
+def _run_group(store: Store, key: str, run: "Run", group: str, console: Console) -> None:
+    """Measure one group and store it; any failure is stored with its reason (the others go on),
+    except a dead engine, which the caller handles."""
+    t0 = time.time()
+    try:
+        figs = MEASURES[group](run)
+    except Exception as e:  # noqa: BLE001 - every failure is recorded with its reason, not raised
+        if run.worker is not None and not run.worker.alive:
+            raise
+        store.put(key, [_failed(run, group, f"{type(e).__name__}: {e}" if not isinstance(e, QuantkitError)
+                                else e.args[0])])
+        console.print(f"  [red]{group} failed[/]: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return
+    setup = digest(group_conditions(group, run.cfg, run.inputs))
+    for f in figs:  # lets the leaderboard tell figures measured the same way from the others
+        f.conditions.setdefault("setup", setup)
+        f.conditions.setdefault("compared_with", run.reference_name)
+    store.put(key, figs)
+    run.history.append(group)
+    console.print(f"  {group}: done in {time.time() - t0:.0f} s")
+
+
+def reference_of(name: str) -> str:
+    """The reference a variant is measured against: the source model it was built from."""
+    if sources.is_reference_name(name) or name in loader.REFERENCE_NAMES:
+        return sources.reference_name(name.removeprefix("reference:")) if name.startswith("reference:") else "reference"
+    if Path(name).suffix == ".gguf" and Path(name).is_file():
+        return "reference"  # a bare GGUF file carries no source: compared with the embedded default
+    return sources.reference_name(variants.get(name).manifest["source"]["spec"])
+
+
+def plan(names: list[str], all_: bool) -> list[tuple[str, list[str]]]:
+    """[(reference, [variants built from it])]: every variant is compared with its own source model."""
     chosen = [v.name for v in variants.all_variants() if v.complete] if all_ else list(names)
-    runnable = [n for n in chosen if n not in loader.REFERENCE_NAMES]
-    return ["reference", *runnable]
+    groups: dict[str, list[str]] = {}
+    for n in chosen:
+        ref = reference_of(n)
+        members = groups.setdefault(ref, [])
+        if ref != n and not (n in loader.REFERENCE_NAMES and ref == "reference"):
+            members.append(n)
+    return sorted(groups.items(), key=lambda kv: kv[0] != "reference") or [("reference", [])]
 
 
 def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: Store | None = None,
@@ -302,69 +404,73 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
     console = console or Console()
     store = store or Store()
     fp = fingerprint()
-    inputs = prepare_inputs(cfg)
     groups = [g for g in GROUPS if g != "tasks" or cfg.tasks]
     if cfg.temperatures:
         groups.insert(groups.index("speed"), "sweep")
-    for name in plan(names, all_):
-        try:
-            target = loader.load(name, settings=engine_settings(name, cfg, settings))
-        except QuantkitError as e:
-            try:
-                engine = loader.default_engine(loader.locate(name)[2]).name
-            except QuantkitError:
-                engine = "?"
-            _record_failure(store, name, engine, groups, cfg, fp, f"cannot load: {e.args[0]}")
-            console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
-            continue
-        run = Run(target, None, inputs, cfg, fp, name == "reference")
-        keyed = {g: measurement_key(target.name, target.engine.name, run.settings, g,
-                                    group_conditions(g, cfg), fp) for g in (*groups, *SERVER_GROUPS)}
-        pending = [g for g in groups if cfg.force or not store.done(keyed[g])]
-        server_pending = [g for g in SERVER_GROUPS if cfg.force or not store.done(keyed[g])]
-        if not pending and not server_pending:
-            console.print(f"{name}: every figure already measured (use --force to re-measure)")
-            continue
-        console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(pending + server_pending)}")
-        for g in server_pending:  # engine's HTTP server first: the worker below holds the memory otherwise
-            t0 = time.time()
-            try:
-                store.put(keyed[g], MEASURES[g](run))
-                console.print(f"  {g}: done in {time.time() - t0:.0f} s")
-            except (QuantkitError, OSError, RuntimeError) as e:
-                store.put(keyed[g], [_failed(target, g, str(e), fp)])
-                console.print(f"  [red]{g} failed[/]: {str(e).splitlines()[0]}")
-        if not pending:
-            continue
-        try:
-            with LocalExecutor().start(target, label="compare") as worker:
-                run.worker = worker
-                for g in pending:
-                    t0 = time.time()
-                    try:
-                        store.put(keyed[g], MEASURES[g](run))
-                        console.print(f"  {g}: done in {time.time() - t0:.0f} s")
-                    except QuantkitError as e:
-                        if not worker.alive:
-                            raise
-                        store.put(keyed[g], [_failed(target, g, str(e), fp)])
-                        console.print(f"  [red]{g} failed[/]: {e.args[0]}")
-        except QuantkitError as e:
-            for g in pending:
-                if not store.done(keyed[g]):
-                    store.put(keyed[g], [_failed(target, g, str(e), fp)])
-            console.print(f"[red]{name}: engine failed[/] ({e.args[0].splitlines()[0]})")
+    for reference, members in plan(names, all_):
+        if reference != "reference":
+            console.print(f"[bold]compared with {reference}[/] (their source model)")
+        inputs = prepare_inputs(cfg, loader.locate(reference)[1])
+        reference_key = ""
+        for name in [reference, *members]:
+            reference_key = _measure_model(store, name, reference, reference_key, inputs, groups, cfg, fp, console,
+                                           settings)
     return store
 
 
-def _failed(target: loader.Target, group: str, reason: str, fp: dict) -> Figure:
-    return Figure(target.name, target.engine.name, group, "failed", status="failed", reason=reason, fingerprint=fp)
+def _measure_model(store: Store, name: str, reference: str, reference_key: str, inputs: Inputs, groups: list[str],
+                   cfg: CompareConfig, fp: dict, console: Console, settings: dict | None) -> str:
+    """Every pending group of one model; returns the reference's fidelity key (the rows variants use)."""
+    try:
+        target = loader.load(name, settings=engine_settings(name, cfg, settings))
+    except QuantkitError as e:
+        try:
+            engine = loader.default_engine(loader.locate(name)[2]).name
+        except QuantkitError:
+            engine = "?"
+        _record_failure(store, name, engine, [*SERVER_GROUPS, *groups], cfg, inputs, fp,
+                        f"cannot load: {e.args[0]}", reference)
+        console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
+        return reference_key
+    run = Run(target, None, inputs, cfg, fp, sources.is_reference_name(name), reference)
+    keyed = {g: _key(target, run.settings, g, cfg, inputs, fp, reference_key) for g in (*groups, *SERVER_GROUPS)}
+    if run.is_reference:
+        reference_key = keyed["fidelity"]
+    run.reference_key = reference_key
+    pending = [g for g in groups if cfg.force or not store.done(keyed[g])
+               or (g == "fidelity" and run.is_reference and not _reference_rows_file(keyed[g]).exists())]
+    server_pending = [g for g in SERVER_GROUPS if cfg.force or not store.done(keyed[g])]
+    if not pending and not server_pending:
+        console.print(f"{name}: every figure already measured (use --force to re-measure)")
+        return reference_key
+    console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(server_pending + pending)}")
+    for g in server_pending:  # engine's HTTP server first: the worker below holds the memory otherwise
+        _run_group(store, keyed[g], run, g, console)
+    if not pending:
+        return reference_key
+    try:
+        with LocalExecutor().start(target, label="compare") as worker:
+            run.worker = worker
+            for g in pending:
+                _run_group(store, keyed[g], run, g, console)
+    except QuantkitError as e:
+        for g in pending:
+            if not store.done(keyed[g]):
+                store.put(keyed[g], [_failed(run, g, e.args[0])])
+        console.print(f"[red]{name}: engine failed[/] ({e.args[0].splitlines()[0]})")
+    return reference_key
 
 
-def _record_failure(store, name, engine, groups, cfg, fp, reason) -> None:
+def _failed(run: "Run", group: str, reason: str) -> Figure:
+    return Figure(run.target.name, run.target.engine.name, group, "failed", status="failed", reason=reason,
+                  conditions={"compared_with": run.reference_name}, fingerprint=run.fp)
+
+
+def _record_failure(store, name, engine, groups, cfg, inputs, fp, reason, reference) -> None:
     for g in groups:
-        key = measurement_key(name, engine, {}, g, group_conditions(g, cfg), fp)
-        store.put(key, [Figure(name, engine, g, "failed", status="failed", reason=reason, fingerprint=fp)])
+        key = measurement_key(name, engine, {}, g, group_conditions(g, cfg, inputs), fp)
+        store.put(key, [Figure(name, engine, g, "failed", status="failed", reason=reason,
+                               conditions={"compared_with": reference}, fingerprint=fp)])
 
 
 def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:

@@ -3,7 +3,9 @@
     python -m quantkit.evaluation.crosscheck VARIANT [--input 64] [--output 32] [--batch 4] [--repeats 3]
 
 - GGUF variants: `llama-bench -p 0 -n OUTPUT -d INPUT -r 5` (its tg figure: single-sequence decode
-  tokens/s after INPUT tokens of context) against the decode phase of quantkit's worker benchmark;
+  tokens/s after INPUT tokens of context) against the decode phase of quantkit's worker benchmark,
+  and `llama-bench -pg INPUT,OUTPUT` (prompt then generation) against the offline figure the
+  leaderboard shows for GGUF (one sequence, prefill + decode), at the context compare uses;
   then, against one running llama-server, `vllm bench serve` (vLLM's serving client, backend
   "openai") against quantkit's serving sweep at concurrency 1.
 - vLLM variants: `vllm bench throughput` (random prompts of the same lengths, same batch) output
@@ -28,6 +30,7 @@ from quantkit import loader
 from quantkit.engines.vllm.engine import cli_flags
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
+from quantkit.evaluation.compare import CompareConfig, engine_settings, prepare_inputs
 from quantkit.evaluation.serving import sweep
 from quantkit.evaluation.stats import median_spread
 from quantkit.execution.local import LocalExecutor
@@ -37,13 +40,25 @@ from quantkit.server import EngineServer
 TOLERANCE = 0.15
 
 
+def _llama_bench(gguf: Path, threads: int, args: list[str]) -> dict:
+    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-t", str(threads), "-r", "5",
+                          "-o", "json", *args], capture_output=True, text=True, env=runtime_env("llamacpp"),
+                         check=True).stdout
+    return json.loads(out)[-1]
+
+
 def llama_bench(gguf: Path, n_in: int, n_out: int, threads: int) -> tuple[float, float]:
     """llama-bench's tg at context depth `n_in` (decode after a prompt of that length): mean, stddev."""
-    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-p", "0", "-n", str(n_out),
-                          "-d", str(n_in), "-t", str(threads), "-r", "5", "-o", "json"], capture_output=True,
-                         text=True, env=runtime_env("llamacpp"), check=True).stdout
-    row = next(r for r in json.loads(out) if r["n_gen"] > 0)
+    row = _llama_bench(gguf, threads, ["-p", "0", "-n", str(n_out), "-d", str(n_in)])
     return row["avg_ts"], row["stddev_ts"]
+
+
+def llama_bench_pg_output_rate(gguf: Path, n_in: int, n_out: int, threads: int) -> float:
+    """llama-bench's pg test (prompt then generation, one sequence) as output tokens/s: its t/s counts
+    prompt and generated tokens over the whole test, so output/s = t/s x n_out / (n_in + n_out)."""
+    row = _llama_bench(gguf, threads, ["-p", "0", "-n", "0", "-pg", f"{n_in},{n_out}"])
+    assert row["n_prompt"] == n_in and row["n_gen"] == n_out, row
+    return row["avg_ts"] * n_out / (n_in + n_out)
 
 
 # vLLM's own CLI, unchanged, except that it asks package metadata for "vllm" (for --version) and
@@ -99,7 +114,6 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, n_in: int, n_out: in
 
 def _inputs(args: argparse.Namespace, levels: tuple[int, ...]):
     """The same distinct lambada prompts `quantkit compare` sends (prepared the same way)."""
-    from quantkit.evaluation.compare import CompareConfig, prepare_inputs
 
     cfg = CompareConfig.make(quick=True, bench_input=args.input, bench_output=args.output, bench_batch=args.batch,
                              serving_levels=levels, serving_output=args.output, serving_repeats=args.repeats)
@@ -109,12 +123,18 @@ def _inputs(args: argparse.Namespace, levels: tuple[int, ...]):
 def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
     levels = (1,)
     cfg, inputs = _inputs(args, levels)
-    target = loader.load(args.variant, settings={"n_ctx": 1024, "n_threads": threads})
+    # the context compare gives every GGUF variant
+    target = loader.load(args.variant, settings={**engine_settings(args.variant, cfg, None), "n_threads": threads})
     tg, tg_sd = llama_bench(target.model_path, args.input, args.output, threads)
+    pg = llama_bench_pg_output_rate(target.model_path, args.input, args.output, threads)
     with LocalExecutor().start(target, label="crosscheck") as w:
         runs = w.call("bench", prompts=inputs.bench_prompts[:1], max_tokens=args.output, repeats=args.repeats)["runs"]
     decode = median_spread([r["decode_tokens"] / r["decode_seconds"] for r in runs])[0]
-    rows = [(f"llama-bench tg @ depth {args.input} (±{tg_sd:.1f})", tg, "quantkit worker decode tok/s", decode, True)]
+    offline = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
+    rows = [(f"llama-bench tg @ depth {args.input} (±{tg_sd:.1f})", tg, "quantkit worker decode tok/s", decode, True),
+            # the leaderboard's "tok/s (offline)" for GGUF: one sequence, prefill + decode
+            (f"llama-bench pg {args.input},{args.output} output tok/s", pg, "quantkit offline tok/s (1 seq.)",
+             offline, True)]
     with EngineServer(target) as server:
         [lv] = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
         v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, 1,
@@ -132,7 +152,7 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
 def vllm_rows(args: argparse.Namespace) -> list[tuple]:
     levels = (1, 4)
     cfg, inputs = _inputs(args, levels)
-    target = loader.load(args.variant, settings={"max_model_len": 1024})
+    target = loader.load(args.variant, settings=engine_settings(args.variant, cfg, None))
     vsettings = {k: v for k, v in target.settings.model_dump(exclude_none=True).items()
                  if k in ("dtype", "gpu_memory_utilization", "max_model_len", "kv_cache_dtype", "enforce_eager")}
     theirs = vllm_bench(target.model_path, args.input, args.output, args.batch, vsettings)

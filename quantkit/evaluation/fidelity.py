@@ -65,6 +65,8 @@ class FidelityResult:
     kld_p99: float
     top1: float
     top1_stderr: float
+    ppl_ratio: float  # PPL(variant) / PPL(reference), as llama-perplexity's "Mean PPL(Q)/PPL(base)"
+    ppl_ratio_stderr: float  # paired: from the per-token NLL differences on the same tokens
 
 
 def summarize(ref_rows: list[dict], var_rows: list[dict], vocab_size: int) -> FidelityResult:
@@ -78,7 +80,11 @@ def summarize(ref_rows: list[dict], var_rows: list[dict], vocab_size: int) -> Fi
     nll = np.array([-r["token"] for r in var_rows], dtype=np.float64)
     kls = np.array([kl_position(r["top"], v["top"], vocab_size) for r, v in zip(ref_rows, var_rows)])
     agree = np.array([int(r["top"][0][0]) == int(v["top"][0][0]) for r, v in zip(ref_rows, var_rows)], dtype=float)
+    ref_nll = np.array([-r["token"] for r in ref_rows], dtype=np.float64)
     n = len(nll)
+    diff = nll - ref_nll
+    diff_se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    ratio = math.exp(float(diff.mean()))
     mean_nll = float(nll.mean())
     nll_se = float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     ppl = math.exp(mean_nll)
@@ -87,4 +93,5 @@ def summarize(ref_rows: list[dict], var_rows: list[dict], vocab_size: int) -> Fi
         n=n, ppl=ppl, ppl_stderr=ppl * nll_se,  # delta method
         kld_mean=float(kls.mean()), kld_stderr=float(kls.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
         kld_p99=float(np.percentile(kls, 99)), top1=top1, top1_stderr=math.sqrt(top1 * (1 - top1) / n),
+        ppl_ratio=ratio, ppl_ratio_stderr=ratio * diff_se,  # delta method
     )

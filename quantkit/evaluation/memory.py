@@ -28,12 +28,17 @@ _WEIGHTS_LOADED = re.compile(r"Model loading took ([\d.]+) GiB")
 
 
 def kv_bytes_per_token(config: dict, kv_type: str) -> float | None:
-    per = KV_ELEMENT_BYTES.get(kv_type.replace("K ", "").split(" /")[0])
-    if per is None:
+    """Bytes of K and V per token; `kv_type` is one type or llama.cpp's "K <type> / V <type>"."""
+    if kv_type.startswith("K ") and " / V " in kv_type:
+        k_type, v_type = kv_type[2:].split(" / V ")
+    else:
+        k_type = v_type = kv_type
+    k, v = KV_ELEMENT_BYTES.get(k_type), KV_ELEMENT_BYTES.get(v_type)
+    if k is None or v is None:
         return None
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    return config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * 2 * per
+    return config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * (k + v)
 
 
 def gpu_memory_mib(pids: list[int]) -> float | None:

@@ -16,7 +16,8 @@ class WorkerScorer:
         self.worker, self.tokenizer_dir = worker, tokenizer_dir
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        return [list(p.token_ids) for p in prompts.render(self.tokenizer_dir, [prompts.plain(t) for t in texts])]
+        items = [prompts.plain(t, add_special_tokens=False) for t in texts]
+        return [list(p.token_ids) for p in prompts.render(self.tokenizer_dir, items)]
 
     def loglikelihood(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         sequences = [ctx + cont for ctx, cont in pairs]
@@ -25,6 +26,8 @@ class WorkerScorer:
             rows += self.worker.call("logprobs", sequences=sequences[i:i + CHUNK], top_k=1)
         out = []
         for (ctx, cont), per_pos in zip(pairs, rows):
+            if not ctx:  # position 0 has no prediction; lm-eval would prepend BOS/EOS, which we do not
+                raise ValueError("a loglikelihood request with an empty context cannot be scored")
             tail = per_pos[len(ctx) - 1:]  # predictions of the continuation tokens
             logprob = sum(r["token"] for r in tail)
             greedy = all(int(r["top"][0][0]) == tok for r, tok in zip(tail, cont))

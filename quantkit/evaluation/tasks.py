@@ -92,7 +92,7 @@ def load_split(*, quantkit_dataset: str, split: str, data_root: str | None = Non
     from quantkit import evaldata
 
     root = Path(data_root) if data_root else None
-    rows = evaldata.load_records(quantkit_dataset, root=root)
+    rows = evaldata.load_records(quantkit_dataset, root=root, interleave=True)
     return {split: datasets.Dataset.from_list(rows)}
 
 

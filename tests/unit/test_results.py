@@ -113,3 +113,33 @@ def test_long_reasons_are_numbered_once_under_the_markdown_table():
     cells, reasons = leaderboard.footnoted(rows)
     assert cells == [["nf4", "n/a [1]", "n/a [1]", "n/a (not measured)"], ["q8", "0.5", "n/a [2]"]]
     assert reasons == [f"[1] {long}", "[2] out of memory while loading the weights"]
+
+
+def test_a_newer_measurement_replaces_its_whole_group(tmp_path):
+    s = Store(tmp_path / "n.sqlite")
+    s.put("full", [_fig("q8", "llamacpp", "fidelity", "kld_mean", 0.002, 0.0005),
+                   _fig("q8", "llamacpp", "fidelity", "kld_p99", 0.02)])
+    s.put("quick", [_fig("q8", "llamacpp", "fidelity", "kld_mean", 0.003, 0.001)])
+    assert {(f.metric, f.value) for f in s.figures()} == {("kld_mean", 0.003)}  # no stale p99 from "full"
+    s.put("later", [Figure("q8", "llamacpp", "fidelity", "failed", status="failed", reason="oom")])
+    assert [f.status for f in s.figures()] == ["failed"]  # a newer failure is not hidden by an old success
+    assert len(s.figures(latest=False)) == 4
+
+
+def test_ties_need_the_same_setup_and_ppl_ties_are_paired(tmp_path):
+    s = Store(tmp_path / "t.sqlite")
+
+    def fig(variant, engine, group, metric, value, unc, setup="a"):
+        return Figure(variant, engine, group, metric, value, unc, 100, conditions={"setup": setup}, fingerprint=FP)
+
+    s.put("r", [fig("reference", "vllm", "fidelity", "ppl", 20.0, 0.5),
+                fig("reference", "vllm", "fidelity", "ppl_ratio", 1.0, 0.0),
+                fig("reference", "vllm", "task:arc_easy", "acc", 0.5, 0.05)])
+    # PPL 20.4 vs 20.0: within independent SEs (0.5 each) but the paired ratio 1.02 ± 0.005 is not
+    s.put("v", [fig("v", "llamacpp", "fidelity", "ppl", 20.4, 0.5),
+                fig("v", "llamacpp", "fidelity", "ppl_ratio", 1.02, 0.005)])
+    s.put("w", [fig("v", "llamacpp", "task:arc_easy", "acc", 0.5, 0.05, setup="b")])
+    header, rows = leaderboard.table(s)
+    v = dict(zip(header, next(r for r in rows if r[0] == "v")))
+    assert v["PPL"] == "20.40 ± 0.50" and v["PPL ratio"] == "1.020 ± 0.005"
+    assert v["arc_easy acc"] == "0.500 ± 0.050 †"  # equal value, other setup: not a tie

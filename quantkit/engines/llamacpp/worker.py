@@ -28,12 +28,15 @@ def main(settings: dict) -> None:
 
     def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
                  max_tokens: int = 64, seed: int | None = None, stop: list[str] | None = None, n: int = 1) -> list:
-        """llama.cpp's own sampling loop (Llama.generate) so that token ids come back with the text."""
+        """llama.cpp's own sampling loop (Llama.generate) so that token ids come back with the text.
+        Sample i is seeded with seed + i (vLLM's convention for n > 1); greedy samples are identical
+        by definition, so one is generated and repeated, as the vLLM worker does."""
         eos = llm.token_eos()
+        draws = 1 if temperature == 0 else n
         results = []
         for prompt in prompts:
             samples = []
-            for i in range(n):
+            for i in range(draws):
                 if seed is not None:
                     llm.set_seed(seed + i)
                 ids: list[int] = []
@@ -53,7 +56,7 @@ def main(settings: dict) -> None:
                     if len(ids) >= max_tokens:
                         break
                 samples.append({"text": text, "token_ids": ids, "finish_reason": finish})
-            results.append(samples)
+            results.append(samples * n if draws == 1 else samples)
         return results
 
     def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
