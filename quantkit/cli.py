@@ -129,7 +129,7 @@ def serve(
 
 @app.command()
 def compare(
-    names: Optional[List[str]] = typer.Argument(None, help="variants to compare (the reference is always included)"),
+    names: Optional[List[str]] = typer.Argument(None, help="variants to compare (each with its source model as the reference)"),
     all_: bool = typer.Option(False, "--all", help="every complete variant"),
     tasks: str = typer.Option("", "--tasks", help="comma-separated lm-eval tasks: arc_easy, arc_challenge, "
                                                   "hellaswag, mmlu, gsm8k (default: none with --quick, all otherwise)"),
