@@ -170,6 +170,7 @@ def measure_speed(ctx: "Run") -> list[Figure]:
     med, lo, hi, p90 = median_spread(rates)
     cond = {"batch": cfg.bench_batch, "input_tokens": cfg.bench_input, "output_tokens": cfg.bench_output,
             "repeats": cfg.bench_repeats, "spread": [lo, hi], "p90": p90, "greedy": True, "ignore_eos": True,
+            "prefix_cache": "cleared before each run (every run pays its prefill)",
             "batching": "one batch (vLLM)" if ctx.target.engine.name == "vllm" else "sequential (llama-cpp-python)"}
     return [ctx.fig("speed", "offline_tokens_per_s", med, (hi - lo) / 2, cfg.bench_repeats, "tok/s", conditions=cond)]
 
@@ -331,7 +332,7 @@ def group_conditions(group: str, cfg: CompareConfig, inputs: Inputs) -> dict:
         return {"inputs": digest([inputs.probe_ids, inputs.probe_max_tokens])}
     if group == "speed":
         return {**{k: getattr(cfg, k) for k in ("bench_batch", "bench_input", "bench_output", "bench_repeats")},
-                "inputs": digest(inputs.bench_prompts)}
+                "inputs": digest(inputs.bench_prompts), "prefix_cache": "cleared before each run"}
     if group == "tasks":
         from quantkit.evaluation.tasks import lm_eval_version
 

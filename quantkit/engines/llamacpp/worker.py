@@ -88,6 +88,7 @@ def main(settings: dict) -> None:
         (first token to last), which is what `llama-bench`'s tg measures."""
         def one(prompt: list[int]) -> tuple[int, float]:
             n, first = 0, 0.0
+            llm.reset()  # no KV prefix reuse from the previous run: every run pays its full prefill
             for _ in llm.generate(list(prompt), temp=0.0, top_k=1, min_p=0.0, reset=True):
                 n += 1
                 if n == 1:

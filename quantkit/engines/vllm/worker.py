@@ -60,6 +60,7 @@ def main(settings: dict) -> None:
         llm.generate([TokensPrompt(prompt_token_ids=prompts[0])], params, use_tqdm=False)  # warm-up
         runs = []
         for _ in range(repeats):
+            llm.reset_prefix_cache()  # repeats send the same prompts: no prefix-cache hits
             t = time.perf_counter()
             outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
             runs.append({"seconds": time.perf_counter() - t,
