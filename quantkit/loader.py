@@ -16,9 +16,6 @@ from quantkit.errors import ConfigError
 from quantkit.hardware import Hardware, detect
 
 ENGINES: dict[str, Engine] = {"vllm": VllmEngine(), "llamacpp": LlamaCppEngine()}
-REFERENCE_NAMES = ("reference", *sources.EMBEDDED_ALIASES)
-
-
 @dataclass(frozen=True)
 class Target:
     """Something runnable: which model file/folder, in which engine, with which settings."""
@@ -39,12 +36,9 @@ def locate(name: str) -> tuple[str, Path, str]:
     as_path = Path(name)
     if as_path.suffix == ".gguf" and as_path.is_file():
         return as_path.stem, as_path, "gguf"
-    if name in REFERENCE_NAMES:
-        src = sources.resolve("default")
-        return "reference", Path(src.location), "safetensors"
-    if name.startswith("reference:"):  # another source model (folder or hub id) as a reference
-        src = sources.resolve(name.removeprefix("reference:"))
-        return name, sources.materialize(src), "safetensors"
+    if sources.is_reference_name(name):  # the embedded default, or another source model (folder or hub id)
+        spec = sources.reference_spec(name)
+        return sources.reference_name(spec), sources.materialize(sources.resolve(spec)), "safetensors"
     v = variants.get(name)
     if v.format == "gguf":
         return v.name, v.path / v.manifest["gguf_file"], "gguf"

@@ -105,8 +105,14 @@ def reference_name(spec: str) -> str:
     return "reference" if spec.strip() in EMBEDDED_ALIASES else f"reference:{spec.strip()}"
 
 
+def reference_spec(name: str) -> str:
+    """The source spec behind a reference name (the inverse of `reference_name`)."""
+    return name.removeprefix("reference:") if name.startswith("reference:") else "default"
+
+
 def is_reference_name(name: str) -> bool:
-    return name == "reference" or name.startswith("reference:")
+    """`reference`, `reference:<spec>`, or an alias of the embedded default."""
+    return name == "reference" or name.startswith("reference:") or name in EMBEDDED_ALIASES
 
 
 def embedded_gguf() -> Path:

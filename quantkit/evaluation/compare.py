@@ -76,7 +76,7 @@ def digest(obj) -> str:
 def model_identity(name: str) -> dict:
     """What makes a model the same model: a rebuilt variant (same name) is measured again."""
     if sources.is_reference_name(name):
-        ident = sources.resolve(name.removeprefix("reference:") if name != "reference" else "default").identity()
+        ident = sources.resolve(sources.reference_spec(name)).identity()
         return {"reference": ident.get("sha256") or ident}
     m = variants.get(name).manifest
     return {"recipe": m.get("recipe_fingerprint"), "finished": m.get("finished"),
@@ -224,8 +224,7 @@ def measure_serving(ctx: "Run") -> list[Figure]:
         try:  # a roofline that cannot be computed is a failed roofline, not a lost serving sweep
             figs += _roofline(ctx, single)
         except Exception as e:  # noqa: BLE001 - recorded with its reason
-            figs.append(Figure(ctx.target.name, ctx.target.engine.name, "roofline", "failed", status="failed",
-                               reason=str(e) or type(e).__name__, fingerprint=ctx.fp))
+            figs.append(_failed(ctx, "roofline", str(e) or type(e).__name__))
     return figs
 
 
@@ -349,17 +348,16 @@ def group_conditions(group: str, cfg: CompareConfig, inputs: Inputs) -> dict:
     return {}
 
 
-def _key(target: loader.Target, settings: dict, group: str, cfg: CompareConfig, inputs: Inputs, fp: dict,
-         reference_key: str = "") -> str:
-    cond = {**group_conditions(group, cfg, inputs), "model": model_identity(target.name)}
+def _key(target: loader.Target, settings: dict, group: str, conditions: dict, fp: dict, reference_key: str = "") -> str:
+    cond = {**conditions, "model": model_identity(target.name)}
     if group == "fidelity" and not sources.is_reference_name(target.name):
         cond["reference_rows"] = reference_key  # scored against exactly these reference rows
     return measurement_key(target.name, target.engine.name, settings, group, cond, fp)
 
 
-def _run_group(store: Store, key: str, run: "Run", group: str, console: Console) -> None:
+def _run_group(store: Store, key: str, run: "Run", group: str, setup: str, console: Console) -> None:
     """Measure one group and store it; any failure is stored with its reason (the others go on),
-    except a dead engine, which the caller handles."""
+    except a dead engine, which the caller handles. `setup` digests the group's conditions."""
     t0 = time.time()
     try:
         figs = MEASURES[group](run)
@@ -370,7 +368,6 @@ def _run_group(store: Store, key: str, run: "Run", group: str, console: Console)
                                 else e.args[0])])
         console.print(f"  [red]{group} failed[/]: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         return
-    setup = digest(group_conditions(group, run.cfg, run.inputs))
     for f in figs:  # lets the leaderboard tell figures measured the same way from the others
         f.conditions.setdefault("setup", setup)
         f.conditions.setdefault("compared_with", run.reference_name)
@@ -381,8 +378,8 @@ def _run_group(store: Store, key: str, run: "Run", group: str, console: Console)
 
 def reference_of(name: str) -> str:
     """The reference a variant is measured against: the source model it was built from."""
-    if sources.is_reference_name(name) or name in loader.REFERENCE_NAMES:
-        return sources.reference_name(name.removeprefix("reference:")) if name.startswith("reference:") else "reference"
+    if sources.is_reference_name(name):
+        return sources.reference_name(sources.reference_spec(name))
     if Path(name).suffix == ".gguf" and Path(name).is_file():
         return "reference"  # a bare GGUF file carries no source: compared with the embedded default
     return sources.reference_name(variants.get(name).manifest["source"]["spec"])
@@ -393,9 +390,8 @@ def plan(names: list[str], all_: bool) -> list[tuple[str, list[str]]]:
     chosen = [v.name for v in variants.all_variants() if v.complete] if all_ else list(names)
     groups: dict[str, list[str]] = {}
     for n in chosen:
-        ref = reference_of(n)
-        members = groups.setdefault(ref, [])
-        if ref != n and not (n in loader.REFERENCE_NAMES and ref == "reference"):
+        members = groups.setdefault(reference_of(n), [])
+        if not sources.is_reference_name(n):
             members.append(n)
     return sorted(groups.items(), key=lambda kv: kv[0] != "reference") or [("reference", [])]
 
@@ -434,7 +430,8 @@ def _measure_model(store: Store, name: str, reference: str, reference_key: str, 
         console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
         return reference_key
     run = Run(target, None, inputs, cfg, fp, sources.is_reference_name(name), reference)
-    keyed = {g: _key(target, run.settings, g, cfg, inputs, fp, reference_key) for g in (*groups, *SERVER_GROUPS)}
+    conds = {g: group_conditions(g, cfg, inputs) for g in (*groups, *SERVER_GROUPS)}
+    keyed = {g: _key(target, run.settings, g, conds[g], fp, reference_key) for g in conds}
     if run.is_reference:
         reference_key = keyed["fidelity"]
     run.reference_key = reference_key
@@ -446,14 +443,14 @@ def _measure_model(store: Store, name: str, reference: str, reference_key: str, 
         return reference_key
     console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(server_pending + pending)}")
     for g in server_pending:  # engine's HTTP server first: the worker below holds the memory otherwise
-        _run_group(store, keyed[g], run, g, console)
+        _run_group(store, keyed[g], run, g, digest(conds[g]), console)
     if not pending:
         return reference_key
     try:
         with LocalExecutor().start(target, label="compare") as worker:
             run.worker = worker
             for g in pending:
-                _run_group(store, keyed[g], run, g, console)
+                _run_group(store, keyed[g], run, g, digest(conds[g]), console)
     except QuantkitError as e:
         for g in pending:
             if not store.done(keyed[g]):
@@ -462,16 +459,19 @@ def _measure_model(store: Store, name: str, reference: str, reference_key: str, 
     return reference_key
 
 
+def _failure(name: str, engine: str, group: str, reason: str, reference: str, fp: dict) -> Figure:
+    return Figure(name, engine, group, "failed", status="failed", reason=reason,
+                  conditions={"compared_with": reference}, fingerprint=fp)
+
+
 def _failed(run: "Run", group: str, reason: str) -> Figure:
-    return Figure(run.target.name, run.target.engine.name, group, "failed", status="failed", reason=reason,
-                  conditions={"compared_with": run.reference_name}, fingerprint=run.fp)
+    return _failure(run.target.name, run.target.engine.name, group, reason, run.reference_name, run.fp)
 
 
 def _record_failure(store, name, engine, groups, cfg, inputs, fp, reason, reference) -> None:
     for g in groups:
         key = measurement_key(name, engine, {}, g, group_conditions(g, cfg, inputs), fp)
-        store.put(key, [Figure(name, engine, g, "failed", status="failed", reason=reason,
-                               conditions={"compared_with": reference}, fingerprint=fp)])
+        store.put(key, [_failure(name, engine, g, reason, reference, fp)])
 
 
 def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:

@@ -84,8 +84,9 @@ main()
 def vllm_bench(model: Path, n_in: int, n_out: int, batch: int, settings: dict) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "out.json"
-        cmd = [str(python_for("vllm")), "-c", _VLLM_CLI, "bench", "throughput", "--model", str(model), "--dataset-name", "random", "--random-input-len", str(n_in),
-               "--random-output-len", str(n_out), "--num-prompts", str(batch), "--output-json", str(result)]
+        cmd = [str(python_for("vllm")), "-c", _VLLM_CLI, "bench", "throughput", "--model", str(model),
+               "--dataset-name", "random", "--random-input-len", str(n_in), "--random-output-len", str(n_out),
+               "--num-prompts", str(batch), "--output-json", str(result)]
         cmd += cli_flags(settings)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=runtime_env("vllm"))
         found = re.findall(r"([\d.]+) output tokens/s", proc.stdout + proc.stderr)
@@ -112,9 +113,25 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, n_in: int, n_out: in
         return json.loads(result.read_text())
 
 
+def serving_rows(target, inputs, args: argparse.Namespace, levels: tuple[int, ...]) -> tuple[list[tuple], list[dict]]:
+    """On one running server of `target`: quantkit's sweep, then `vllm bench serve` with the same
+    number of requests per level; rows comparing median ITL and output tok/s, and our levels."""
+    rows = []
+    with EngineServer(target) as server:
+        ours = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+        for lv in ours:
+            c = lv["concurrency"]
+            v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, c,
+                                 lv["requests"] * lv["repeats"])
+            rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
+                      lv["itl_median_s"] * 1e3, True),
+                     (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
+                      lv["output_tokens_per_s"], True)]
+    return rows, ours
+
+
 def _inputs(args: argparse.Namespace, levels: tuple[int, ...]):
     """The same distinct lambada prompts `quantkit compare` sends (prepared the same way)."""
-
     cfg = CompareConfig.make(quick=True, bench_input=args.input, bench_output=args.output, bench_batch=args.batch,
                              serving_levels=levels, serving_output=args.output, serving_repeats=args.repeats)
     return cfg, prepare_inputs(cfg)
@@ -135,18 +152,10 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
             # the leaderboard's "tok/s (offline)" for GGUF: one sequence, prefill + decode
             (f"llama-bench pg {args.input},{args.output} output tok/s", pg, "quantkit offline tok/s (1 seq.)",
              offline, True)]
-    with EngineServer(target) as server:
-        [lv] = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
-        v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, 1,
-                             lv["requests"] * lv["repeats"])
-    rows += [("vllm bench serve median ITL ms @1", v["median_itl_ms"], "quantkit sweep median ITL ms @1",
-              lv["itl_median_s"] * 1e3, True),
-             ("vllm bench serve output tok/s @1", v["output_throughput"], "quantkit sweep output tok/s @1",
-              lv["output_tokens_per_s"], True),
-             # informational: llama-server adds HTTP streaming and its own scheduling to each token
-             (f"llama-bench tg @ depth {args.input}", tg, "quantkit via llama-server: 1/ITL",
-              1 / lv["itl_median_s"], False)]
-    return rows
+    served, [lv] = serving_rows(target, inputs, args, levels)
+    # informational: llama-server adds HTTP streaming and its own scheduling to each token
+    return rows + served + [(f"llama-bench tg @ depth {args.input}", tg, "quantkit via llama-server: 1/ITL",
+                             1 / lv["itl_median_s"], False)]
 
 
 def vllm_rows(args: argparse.Namespace) -> list[tuple]:
@@ -159,19 +168,8 @@ def vllm_rows(args: argparse.Namespace) -> list[tuple]:
     with LocalExecutor().start(target, label="crosscheck") as w:
         runs = w.call("bench", prompts=inputs.bench_prompts, max_tokens=args.output, repeats=args.repeats)["runs"]
     ours = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
-    rows = [("vllm bench throughput (output tok/s)", theirs, "quantkit offline bench", ours, True)]
-    with EngineServer(target) as server:
-        ours_levels = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output,
-                            args.repeats)
-        for lv in ours_levels:
-            c = lv["concurrency"]
-            v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, c,
-                                 lv["requests"] * lv["repeats"])
-            rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
-                      lv["itl_median_s"] * 1e3, True),
-                     (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
-                      lv["output_tokens_per_s"], True)]
-    return rows
+    served, _ = serving_rows(target, inputs, args, levels)
+    return [("vllm bench throughput (output tok/s)", theirs, "quantkit offline bench", ours, True)] + served
 
 
 def main(argv: list[str] | None = None) -> int:

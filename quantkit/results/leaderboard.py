@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 
 from quantkit.evaluation.stats import tie
+from quantkit.sources import is_reference_name
 from quantkit.results.store import Figure, Store, as_dict
 
 # (column title, group, metric, format, higher_is_better)
@@ -38,6 +39,10 @@ COLUMNS = [
 def _task_columns(figs: list[Figure]) -> list[tuple]:
     tasks = sorted({(f.group, f.metric) for f in figs if f.group.startswith("task:") and f.status == "ok"})
     return [(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
+
+
+def _references_first(name: str) -> tuple[bool, str]:
+    return not is_reference_name(name), name
 
 
 def _section(f: Figure) -> str:
@@ -165,7 +170,7 @@ def sweep_table(store: Store) -> tuple[list[str], list[list[str]]]:
     temps = sorted({t for v in cells.values() for t in v}, key=float)
     header = ["variant"] + [f"T={t} acc / diversity" for t in temps]
     rows = []
-    for v in sorted(cells, key=lambda n: (not n.startswith("reference"), n)):
+    for v in sorted(cells, key=_references_first):
         row = [v]
         for t in temps:
             a, d = cells[v][t].get("accuracy"), cells[v][t].get("diversity")
@@ -191,11 +196,11 @@ def footnoted(rows: list[list[str]], inline: int = 24) -> tuple[list[list[str]],
 
 def to_markdown(store: Store) -> str:
     md = ["# quantkit leaderboard", ""]
-    many = len(sections(store)) > 1
-    for section in sections(store):
+    all_sections = sections(store)
+    for section in all_sections:
         header, rows = table(store, section)
         rows, reasons = footnoted(rows)
-        if many:
+        if len(all_sections) > 1:
             md += [f"## Compared with {section}", ""]
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
@@ -208,7 +213,7 @@ def to_markdown(store: Store) -> str:
         md.append("")
         md.append("| variant | answer |")
         md.append("|---|---|")
-        for v, text in sorted(by_variant.items(), key=lambda kv: (not kv[0].startswith("reference"), kv[0])):
+        for v, text in sorted(by_variant.items(), key=lambda kv: _references_first(kv[0])):
             md.append(f"| {v} | {' '.join(text.split()).replace('|', '/')[:300]} |")
         md.append("")
     sh, srows = sweep_table(store)
