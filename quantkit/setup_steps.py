@@ -5,22 +5,24 @@ from __future__ import annotations
 from typing import Callable
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as _RichProgress
+from rich.progress import SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from quantkit import envs, sources
 from quantkit.envs import data_packages
 from quantkit.errors import ConfigError
+from quantkit.progress import Progress
 
 # Order matters: the reference model is made in the compressor env from the data packages.
 STEPS = ("data", "compressor", "llamacpp", "vllm", "reference", "autoawq")
 OPTIONAL = ("autoawq",)  # only when asked for: CUDA-only alternative AWQ backend
 
 
-def _engine_step(name: str) -> Callable[[Progress, TaskID, bool], object]:
+def _engine_step(name: str) -> Callable[[_RichProgress, TaskID, bool], object]:
     return lambda progress, task, force: envs.create(envs.spec(name), progress, task, force=force)
 
 
-RUNNERS: dict[str, Callable[[Progress, TaskID, bool], object]] = {
+RUNNERS: dict[str, Callable[[_RichProgress, TaskID, bool], object]] = {
     "data": lambda p, t, force: data_packages.install(p, t, force=force),
     "compressor": _engine_step("compressor"),
     "llamacpp": _engine_step("llamacpp"),
@@ -41,6 +43,8 @@ def parse_steps(requested: list[str] | None) -> list[str]:
 
 
 def run(requested: list[str] | None, force: bool, console: Console) -> None:
+    """Run the steps with a live display on a terminal, and timestamped progress lines a log file can
+    follow elsewhere (quantkit.progress)."""
     steps = parse_steps(requested)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<11}"), TimeElapsedColumn(),
                   TextColumn("{task.fields[status]}"), console=console, transient=False) as progress:
