@@ -11,12 +11,14 @@ output does not flood the log), a heartbeat with the elapsed time when a task ha
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import render
 from rich.progress import Progress as _RichProgress
 from rich.progress import TaskID
@@ -88,10 +90,8 @@ class Progress(_RichProgress):
     def _emit(self, line: _Line, text: str) -> None:
         now = self._clock()
         line.printed_status, line.last_print = line.status, now
-        try:
+        with contextlib.suppress(MarkupError):  # a tool's output line that only looks like markup stays as is
             text = render(text).plain  # statuses may carry rich markup ("[green]ready")
-        except Exception:  # noqa: BLE001 - a tool's output line that only looks like markup
-            pass
         self.console.print(f"{time.strftime('%H:%M:%S')} {line.name} [{now - line.started:5.0f} s] {text}",
                            markup=False, highlight=False, soft_wrap=True)
 
