@@ -38,3 +38,18 @@ def measure_bandwidth_gbs(size_mib: int = 512, repeats: int = 5) -> tuple[float,
 def bound_tokens_per_s(bandwidth_gbs: float, weights_bytes: float, kv_bytes_per_token: float, context: int) -> float:
     bytes_per_token = weights_bytes + kv_bytes_per_token * context
     return bandwidth_gbs * 1e9 / bytes_per_token
+
+
+def fraction_of_bound(decode_tokens_per_s: float, bound_tokens_per_s: float) -> float:
+    """Measured decode rate over the bound. Above 1 the measurement is broken - a decode cannot read
+    its weights faster than memory delivers them (on the 4-layer model, per-event timestamps once
+    gave 97.6) - so it raises instead of returning a figure; the caller records the group failed."""
+    from quantkit.errors import QuantkitError
+
+    if not bound_tokens_per_s > 0:
+        raise QuantkitError(f"no memory-bandwidth bound to compare with ({bound_tokens_per_s!r} tok/s)")
+    fraction = decode_tokens_per_s / bound_tokens_per_s
+    if not 0 < fraction <= 1:
+        raise QuantkitError(f"decode {decode_tokens_per_s:.1f} tok/s against a bound of {bound_tokens_per_s:.1f} "
+                            f"tok/s gives a fraction of {fraction:.2f}, outside (0, 1]: a broken measurement")
+    return fraction
