@@ -13,7 +13,7 @@ import httpx
 from quantkit import paths
 from quantkit.envs.manager import runtime_env
 from quantkit.errors import ConfigError, EngineError
-from quantkit.execution.procs import die_with_parent, stop_group
+from quantkit.execution.procs import Supervised, stop_tree
 from quantkit.execution.worker_client import log_tail
 from quantkit.loader import Target
 
@@ -34,7 +34,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EngineServer:
-    """`with EngineServer(target, port=...) as srv: srv.url` — the process group dies on exit."""
+    """`with EngineServer(target, port=...) as srv: srv.url` — the server's process tree dies on exit,
+    and with quantkit (it runs supervised: see quantkit/execution/supervisor.py)."""
 
     def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int | None = None,
                  startup_timeout: float = 900, log_path: Path | None = None):
@@ -43,7 +44,7 @@ class EngineServer:
         self.startup_timeout = startup_timeout
         self.log_path = log_path or paths.cache_dir() / "logs" / \
             f"{time.strftime('%Y%m%d-%H%M%S')}-serve-{target.engine.name}-{target.name}.log"
-        self.proc: subprocess.Popen | None = None
+        self.proc: Supervised | None = None
 
     @property
     def url(self) -> str:
@@ -63,16 +64,20 @@ class EngineServer:
         log = open(self.log_path, "w", encoding="utf-8")
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=runtime_env(self.target.engine.env), start_new_session=True,
-                                     preexec_fn=die_with_parent)
+        self.proc = Supervised(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               env=runtime_env(self.target.engine.env))
         log.close()
-        self._wait_healthy()
+        try:
+            self._wait_healthy()
+        except BaseException:  # Ctrl-C during start-up too: `with` calls no __exit__ when __enter__ raises
+            self.stop()
+            raise
         return self
 
     def _wait_healthy(self) -> None:
         deadline = time.time() + self.startup_timeout
         base = f"http://{self.host}:{self.port}"
+        assert self.proc is not None
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise EngineError(f"{self.target.engine.name} server exited (code {self.proc.returncode}) during "
@@ -93,7 +98,7 @@ class EngineServer:
         if self.proc is None:
             return
         # SIGINT first: both servers shut down gracefully on it
-        stop_group(self.proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)))
+        stop_tree(self.proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)))
         self.proc = None
 
     def __enter__(self) -> "EngineServer":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections import deque
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Sequence
 from rich.progress import Progress, TaskID
 
 from quantkit.errors import QuantkitError
+from quantkit.execution.procs import Supervised, stop_tree
 
 _peak_trackers: list[dict] = []
 
@@ -44,20 +46,26 @@ def run_logged(
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(map(str, cmd))}\n")
         log.flush()
-        proc = subprocess.Popen(
-            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # supervised: the step's whole process tree dies with quantkit (see execution/supervisor.py)
+        proc = Supervised(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=full_env, cwd=cwd, text=True, errors="replace", bufsize=1,
         )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            stripped = line.strip()
-            if stripped:
-                tail.append(stripped)
-                if progress is not None and task is not None:
-                    progress.update(task, status=stripped[:90])
-        # wait4 gives this child's own peak RSS (ru_maxrss, KiB), unlike RUSAGE_CHILDREN's running max
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                stripped = line.strip()
+                if stripped:
+                    tail.append(stripped)
+                    if progress is not None and task is not None:
+                        progress.update(task, status=stripped[:90])
+            # wait4 gives this child's own peak RSS (ru_maxrss, KiB), unlike RUSAGE_CHILDREN's running
+            # max; the supervisor's figure includes the command's (and its reaped descendants')
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # Ctrl-C, SIGTERM: the step's tree does not outlive it
+            stop_tree(proc, ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
+            raise
         rc = os.waitstatus_to_exitcode(status)
         proc.returncode = rc
     for tracker in _peak_trackers:

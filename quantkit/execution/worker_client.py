@@ -8,11 +8,11 @@ import subprocess
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.errors import EngineError
-from quantkit.execution.procs import die_with_parent, stop_group
+from quantkit.execution.procs import Supervised, stop_tree
 
 
 def log_tail(log_path: Path, n: int = 20) -> str:
@@ -30,11 +30,12 @@ class WorkerClient:
         self.env, self.module, self.log_path = env, module, log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "a", encoding="utf-8")
-        self._proc = subprocess.Popen(
-            [str(python_for(env)), "-m", module, json.dumps(settings)],
+        # supervised: the worker's whole process tree (vLLM's EngineCore...) dies with quantkit;
+        # the protocol's stdin/stdout go straight to the worker
+        self._proc = Supervised(
+            [python_for(env), "-m", module, json.dumps(settings)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
-            env=runtime_env(env), start_new_session=True,  # own process group: we can stop all of it
-            preexec_fn=die_with_parent,
+            env=runtime_env(env),
         )
         self._answers: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -67,7 +68,7 @@ class WorkerClient:
             raise EngineError(f"{self.module}: `{op}` failed: {answer['error']}\n  log: {self.log_path}")
         return answer["result"]
 
-    def _died(self, op: str) -> None:
+    def _died(self, op: str) -> NoReturn:
         rc = self._proc.wait(timeout=30)
         raise EngineError(f"the {self.env} engine process exited (code {rc}) during `{op}`; last log lines:\n    "
                           f"{log_tail(self.log_path)}", hint=f"full log: {self.log_path}")
@@ -77,7 +78,7 @@ class WorkerClient:
         return self._proc.poll() is None
 
     def close(self, grace: float = 30) -> None:
-        """Ask the worker to stop, then make sure its whole process group is gone."""
+        """Ask the worker to stop, then make sure its whole process tree is gone."""
         if self._proc.poll() is None:
             try:
                 assert self._proc.stdin is not None
@@ -86,7 +87,7 @@ class WorkerClient:
                 self._proc.wait(timeout=grace)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        stop_group(self._proc)
+        stop_tree(self._proc)
         self._log.close()
 
     def __enter__(self) -> "WorkerClient":
