@@ -55,6 +55,7 @@ def run_logged(
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
+                log.flush()  # the log can be followed (tail -f) while the step runs
                 stripped = line.strip()
                 if stripped:
                     tail.append(stripped)

@@ -189,3 +189,34 @@ def test_run_logged_keeps_the_commands_output_code_and_peak_memory(marker, tmp_p
     assert peak["mib"] >= 300  # wait4 on the supervisor reports its reaped command's peak
     with pytest.raises(Exception, match="exit 4"):
         run_logged([sys.executable, "-c", "raise SystemExit(4)"], log)
+
+
+def test_an_interrupted_step_stops_its_tree_while_quantkit_lives_on(marker, tmp_path):
+    """Ctrl-C reaches quantkit only (engines run in sessions of their own): it must stop the tree itself."""
+    log = tmp_path / "step.log"
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from quantkit.envs.steps import run_logged
+        try:
+            run_logged([sys.executable, "-c", sys.argv[1]], Path({str(log)!r}))
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            time.sleep(300)
+    """)
+    quantkit = subprocess.Popen([sys.executable, "-c", script, TREE], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        pids: list[int] = []
+        while not pids and time.monotonic() < deadline:
+            lines = [ln.split() for ln in log.read_text().splitlines()] if log.exists() else []
+            pids = next((list(map(int, ln)) for ln in lines if len(ln) == 5 and all(x.isdigit() for x in ln)), [])
+            time.sleep(0.05)
+        assert pids and all(map(_alive, pids))
+        quantkit.send_signal(signal.SIGINT)
+        assert quantkit.stdout.readline() == "interrupted\n"
+        assert _wait_gone(pids) == []
+        assert procs.marked_processes(marker) == [quantkit.pid]
+    finally:
+        quantkit.kill()
+        quantkit.wait()
