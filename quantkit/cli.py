@@ -24,9 +24,13 @@ def _main() -> None:
 
 
 def _fail(e: QuantkitError) -> None:
-    console.print(f"[red]error:[/] {e.args[0]}")
+    from rich.markup import escape
+
+    # escaped: a message quotes user input (a recipe's `[/x]` would be read as rich markup);
+    # soft_wrap: each line stays one line in a log, however long
+    console.print(f"[red]error:[/] {escape(e.args[0])}", soft_wrap=True)
     if e.hint:
-        console.print(f"[yellow]fix:[/] {e.hint}")
+        console.print(f"[yellow]fix:[/] {escape(e.hint)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -65,11 +69,12 @@ def build(
     force: bool = typer.Option(False, "--force", help="rebuild even if an identical variant exists"),
 ) -> None:
     """Build a quantized variant from a recipe (atomically; identical recipes are reused)."""
-    from quantkit import builders
+    from quantkit import builders, sources
     from quantkit.recipes import load_recipe
 
     try:
         r = load_recipe(recipe, set_ or [])
+        sources.preflight(r.source)  # a hub model neither cached nor reachable fails now, not in the engine
         variant, reused = builders.build(r, recipe_file=recipe, force=force, console=console)
     except QuantkitError as e:
         _fail(e)
@@ -160,6 +165,11 @@ def compare(
                              force=force, temperatures=temps, top_p=top_p, sweep_samples=samples,
                              sweep_problems=sweep_problems)
     try:
+        from quantkit import sources
+        from quantkit.evaluation.compare import plan
+
+        for reference, _ in plan(names or [], all_):  # hub models neither cached nor reachable fail now
+            sources.preflight(sources.reference_spec(reference))
         run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
                     settings=_engine_options(opt))
     except QuantkitError as e:
