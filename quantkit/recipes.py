@@ -2,18 +2,21 @@
 
 Errors name the file, the field path and what was expected. `--set a.b=value` overrides any
 field before validation (the value is parsed as YAML, so `--set calibration.samples=64` is an int).
+Any input either validates or raises a ConfigError (tests/unit/test_recipe_fuzz.py checks this);
+the YAML itself is read by `quantkit.yamlsafe` (no duplicate keys, no alias bombs).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from quantkit import yamlsafe
 from quantkit.errors import ConfigError
 
 GGUF_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S",
@@ -75,16 +78,38 @@ class GgufMethod(_Strict):
         return v.upper()
 
 
+BNB_ONLY = "vLLM's in-flight bitsandbytes loader quantizes to NF4 with double quantization only"
+
+
 class BnbMethod(_Strict):
-    """bitsandbytes quantizes on load: nothing is built, the recipe records how vLLM loads it."""
+    """bitsandbytes quantizes on load: nothing is built, the recipe records how vLLM loads it.
+
+    vLLM's loader (model_loader/bitsandbytes_loader.py) calls `quantize_4bit(w, quant_type="nf4",
+    compress_statistics=True)` whatever the recipe says, so the only honest values of `quant_type`
+    and `double_quant` are those; anything else is refused rather than recorded and ignored.
+    `compute_dtype` is the dtype vLLM computes in (its `dtype` setting)."""
 
     kind: Literal["bnb"]
-    quant_type: Literal["nf4", "fp4"] = "nf4"
+    quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["bfloat16", "float16"] = "bfloat16"
 
+    @field_validator("quant_type")
+    @classmethod
+    def _nf4_only(cls, v: str) -> str:
+        if v.lower() != "nf4":
+            raise ValueError(f"{BNB_ONLY}; use quant_type: nf4")
+        return "nf4"
 
-Method = Annotated[Union[AwqMethod, GptqMethod, Fp8Method, Int8Method, GgufMethod, BnbMethod],
+    @field_validator("double_quant")
+    @classmethod
+    def _double_quant_only(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError(f"{BNB_ONLY}; use double_quant: true (or leave it out)")
+        return v
+
+
+Method = Annotated[AwqMethod | GptqMethod | Fp8Method | Int8Method | GgufMethod | BnbMethod,
                    Field(discriminator="kind")]
 NEEDS_CALIBRATION = {"awq", "gptq", "int8"}
 
@@ -122,17 +147,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {p!r} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = yamlsafe.loads(raw, f"--set {key.strip()}")
     return data
 
 
-def _describe(err: dict) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     loc = [str(p) for p in err["loc"]]
     # drop the union tag pydantic inserts ("method.gptq.group_size" -> "method.group_size")
     if len(loc) >= 2 and loc[0] == "method" and loc[1] in {"awq", "gptq", "fp8", "int8", "gguf", "bnb"}:
         loc.pop(1)
     field = ".".join(loc) or "(top level)"
-    got = f" (got {err['input']!r})" if err.get("type") not in ("missing",) and not isinstance(err.get("input"), dict) else ""
+    shown = repr(err.get("input"))
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    got = f" (got {shown})" if err.get("type") not in ("missing",) and not isinstance(err.get("input"), dict) else ""
     return f"field '{field}': {err['msg']}{got}"
 
 
@@ -153,11 +180,13 @@ def parse_recipe(data: Any, origin: str) -> Recipe:
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"recipe file {path} does not exist", hint="see `ls recipes/`")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    data = apply_overrides(data if isinstance(data, dict) else {}, overrides or []) if overrides else data
+        exists = path.exists()
+    except OSError as e:  # a name too long, a folder it may not look into
+        raise ConfigError(f"recipe file {path}: cannot look it up ({e.strerror or e})") from None
+    if not exists:
+        raise ConfigError(f"recipe file {path} does not exist", hint="see `ls recipes/`")
+    data = yamlsafe.load_file(path)
+    if overrides and isinstance(data, dict):
+        data = apply_overrides(data, overrides)
     return parse_recipe(data, str(path))
