@@ -122,7 +122,7 @@ def test_gguf_on_a_cuda_machine_offloads_every_layer_with_flash_attention(gguf, 
     recorded = t.settings.model_dump()  # compare stores these settings with every figure
     assert recorded["n_gpu_layers"] == -1 and recorded["flash_attn"] is True
     cmd = t.engine.server_command(t.model_path, t.name, t.settings, "127.0.0.1", 8080)
-    assert cmd[cmd.index("-ngl") + 1] == "-1" and cmd[cmd.index("-fa") + 1] == "on"
+    assert cmd[cmd.index("-ngl") + 1] == "all" and cmd[cmd.index("-fa") + 1] == "on"
     cpu = loader.load(gguf, hw=CPU)
     assert (cpu.settings.n_gpu_layers, cpu.settings.flash_attn) == (0, False)
     assert loader.load(gguf, hw=CUDA, settings={"n_gpu_layers": 10}).settings.n_gpu_layers == 10  # user wins

@@ -36,6 +36,10 @@ class LlamaCppEngine(Engine):
                "--host", host, "--port", str(port)]
         values = settings.model_dump()
         values["n_threads"] = self._threads(settings)
+        # llama-server reads -ngl -1 as "auto" (fit to free memory) and "all" as every layer; the
+        # binding's (C API's) -1 is every layer, so -1 means "all" here too.
+        if values["n_gpu_layers"] < 0:
+            values["n_gpu_layers"] = "all"
         for key, flag in SERVER_FLAGS.items():
             cmd += [flag, str(values[key])]
         cmd += ["-fa", "on" if settings.flash_attn else "off"]
