@@ -24,7 +24,9 @@ from typing import Any
 
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 RUN_ID_VAR = "QUANTKIT_RUN_ID"
-GRACE_S = 5.0  # SIGTERM to SIGKILL when quantkit dies, or for what outlives the command's own exit
+# SIGTERM to SIGKILL when quantkit dies, or for what outlives the command's own exit. vLLM's
+# api_server, SIGTERMed while it starts, had not exited after 5 s: the tree is SIGKILLed then.
+GRACE_S = 3.0
 
 # Each step: a signal for the command's process group and how long to wait for the command to exit.
 STOP_STEPS = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0))

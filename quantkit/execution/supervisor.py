@@ -26,6 +26,7 @@ descendants running when their child exits, and none watches its own parent.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -39,6 +40,7 @@ PR_SET_CHILD_SUBREAPER = 36
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 KILL_NOW = signal.SIGUSR1
 POLL_S = 0.25  # how often the parent is checked; a dead parent is noticed within this
+CLEANUP_S = 2.0  # how long SIGTERM-deaf cleanup helpers may outlive the rest of the tree (see teardown)
 KILL_WAIT_S = 30.0  # how long SIGKILLed processes may take to disappear (D state) before we give up
 
 
@@ -57,8 +59,9 @@ def _child_setup() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below `root`, from /proc (parents are read from /proc/PID/stat)."""
+def descendants(root: int, zombies: bool = False) -> list[int]:
+    """Every process below `root`, from /proc (parents are read from /proc/PID/stat); zombies only
+    when asked (a zombie is dead, but its threads may still be exiting until it can be reaped)."""
     children: dict[int, list[int]] = {}
     try:
         names = os.listdir("/proc")
@@ -73,7 +76,7 @@ def descendants(root: int) -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and parens
-        if fields and fields[0] != b"Z":  # zombies are dead already; reaping removes them
+        if fields and (zombies or fields[0] != b"Z"):
             children.setdefault(int(fields[1]), []).append(int(name))
     out, todo = [], [root]
     while todo:
@@ -81,6 +84,17 @@ def descendants(root: int) -> list[int]:
             out.append(pid)
             todo.append(pid)
     return out
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigIgn:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 class Supervisor:
@@ -127,22 +141,42 @@ class Supervisor:
                 pass
         return n
 
+    def wait_gone(self, timeout: float, pids: list[int] | None = None) -> bool:
+        """Reap for up to `timeout` s until no live descendant (or none of `pids`) is left."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            live = descendants(os.getpid())
+            if not (live if pids is None else set(live) & set(pids)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def teardown(self, grace: float) -> None:
-        """Stop the whole tree: SIGTERM, up to `grace` s for it to exit, then SIGKILL until none is left."""
+        """Stop the whole tree: SIGTERM, up to `grace` s for it to exit, then SIGKILL until none is left.
+
+        Processes that ignore SIGTERM are SIGKILLed last, up to CLEANUP_S after the others: Python's
+        multiprocessing resource_tracker (vLLM starts one) ignores SIGTERM so as to outlive its users
+        and unlink the shared memory (/dev/shm) and semaphores they leave; killed with them, it would
+        leak that memory until reboot."""
         me = os.getpid()
         if grace > 0 and self.signal_tree(signal.SIGTERM):
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.reap()
-                if not descendants(me):
-                    break
-                time.sleep(0.05)
+            self.wait_gone(grace)
+        live = descendants(me)
+        first = [p for p in live if not _ignores_sigterm(p)]
+        if first and len(first) < len(live):
+            for pid in first:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            self.wait_gone(CLEANUP_S, [p for p in live if p not in first])
         deadline = time.monotonic() + KILL_WAIT_S
         while time.monotonic() < deadline:  # bounded: a process we may not signal must not hang us
             self.reap()
-            if not descendants(me):
+            if not descendants(me, zombies=True):  # reaped: every thread of the tree has exited
                 break
-            self.signal_tree(signal.SIGKILL)
+            if descendants(me):
+                self.signal_tree(signal.SIGKILL)
             time.sleep(0.02)
         self.reap()
 

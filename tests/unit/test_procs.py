@@ -220,3 +220,28 @@ def test_an_interrupted_step_stops_its_tree_while_quantkit_lives_on(marker, tmp_
     finally:
         quantkit.kill()
         quantkit.wait()
+
+
+SHARED_MEMORY = textwrap.dedent("""
+    import signal, time
+    from multiprocessing import shared_memory
+    signal.signal(signal.SIGTERM, lambda *a: None)  # like vLLM while it starts: SIGTERM is not obeyed at once
+    shm = shared_memory.SharedMemory(create=True, size=1 << 20)  # starts Python's resource tracker
+    print(shm.name, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_shared_memory_is_unlinked_by_its_tracker_not_leaked(marker):
+    """The resource tracker ignores SIGTERM so as to unlink what its dead users leave in /dev/shm:
+    it must be allowed to outlive the rest of the tree, or the memory leaks until reboot."""
+    quantkit = subprocess.Popen([sys.executable, "-c", QUANTKIT, SHARED_MEMORY], stdout=subprocess.PIPE, text=True)
+    supervisor, name = quantkit.stdout.readline().split()
+    segment = f"/dev/shm/{name.lstrip('/')}"
+    assert os.path.exists(segment)
+    tracker = [p for p in procs.marked_processes(marker) if "resource_tracker" in open(f"/proc/{p}/cmdline").read()]
+    assert tracker
+    os.kill(quantkit.pid, signal.SIGKILL)
+    quantkit.wait()
+    assert _wait_gone(procs.marked_processes(marker)) == []
+    assert not os.path.exists(segment)
