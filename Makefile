@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantkit-installed
 
-.PHONY: install setup demo test unit doctor crosscheck clean
+.PHONY: install setup demo test test-slow unit doctor crosscheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: setup
 # The whole test suite: unit tests and integration tests against the real engines.
 test: setup
 	$(BIN)/pytest -q -rs tests
+
+# The long matrices kept out of the default run (more kill points, more engines).
+test-slow: setup
+	$(BIN)/pytest -q -rs -m slow tests
 
 # Pure-logic tests only (no engines needed).
 unit: install
