@@ -18,3 +18,28 @@ def tie(a: float, a_err: float | None, b: float, b_err: float | None, z: float =
     if a_err is None or b_err is None:
         return False
     return abs(a - b) <= z * math.sqrt(a_err ** 2 + b_err ** 2)
+
+
+def mcnemar_exact(lost: int, gained: int) -> float:
+    """Two-sided exact McNemar test: the p-value of `lost` vs `gained` discordant pairs under
+    "flips are equally likely either way" (a binomial test with p = 1/2 on lost + gained pairs).
+
+    Hand-written (a dozen lines of exact integer arithmetic): the core does not depend on scipy or
+    statsmodels; the unit tests check it against scipy.stats.binomtest where scipy is installed."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def flips(reference: dict[str, float], model: dict[str, float]) -> dict | None:
+    """Per-question changes of a 0/1 score against the reference, on the documents both scored:
+    {"n": paired documents, "lost": right -> wrong, "gained": wrong -> right, "p": exact McNemar}.
+    None when the scores are not 0/1 or no document is shared."""
+    shared = sorted(set(reference) & set(model))
+    if not shared or any(v not in (0.0, 1.0) for d in shared for v in (reference[d], model[d])):
+        return None
+    lost = sum(1 for d in shared if reference[d] == 1.0 and model[d] == 0.0)
+    gained = sum(1 for d in shared if reference[d] == 0.0 and model[d] == 1.0)
+    return {"n": len(shared), "lost": lost, "gained": gained, "p": mcnemar_exact(lost, gained)}

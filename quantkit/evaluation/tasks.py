@@ -193,7 +193,9 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
     """Run the named tasks with lm-eval over `scorer`. Returns one dict per (task, metric):
     {"task": quantkit name, "metric": "acc" | "acc_norm" | "exact_match" | "exact_match_flexible",
      "value": float, "stderr": float | None, "n": number of documents scored,
-     "lm_eval_version": str, "num_fewshot": int, "filter": lm-eval's filter name}
+     "lm_eval_version": str, "num_fewshot": int, "filter": lm-eval's filter name,
+     "per_doc": {doc_id (str): the document's metric value}, from lm-eval's logged samples, so
+     that two models can be compared question by question (accuracy flips)}
 
     `limit`: the first `limit` documents of each task (lm-eval's --limit). `seed` seeds Python,
     NumPy, torch (if present) and the few-shot sampler. `num_fewshot`: None keeps each task's
@@ -224,7 +226,7 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
                           metadata={"data_root": str(data_root)})
     results = lm_eval.simple_evaluate(
         model=_make_adapter(scorer), tasks=[_LM_EVAL_NAMES[t] for t in names], task_manager=manager,
-        num_fewshot=num_fewshot, limit=limit, log_samples=False, random_seed=seed,
+        num_fewshot=num_fewshot, limit=limit, log_samples=True, random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     if results is None:  # only on non-zero ranks of a distributed run, which we never start
         raise RuntimeError("lm-eval returned no results")
@@ -234,6 +236,7 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
     for name in names:
         lm_name = _LM_EVAL_NAMES[name]
         metrics = results["results"][lm_name]
+        docs = per_doc(results.get("samples", {}).get(lm_name, []))
         n = int(results["n-samples"][lm_name]["effective"])
         shots = int(results["n-shot"][lm_name])
         for key, value in metrics.items():
@@ -243,5 +246,18 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
             suffix = _FILTER_SUFFIX.get(filt, f",{filt}")
             rows.append({"task": name, "metric": metric + suffix, "value": float(value),
                          "stderr": _float_or_none(metrics.get(f"{metric}_stderr,{filt}")), "n": n,
-                         "lm_eval_version": version, "num_fewshot": shots, "filter": filt})
+                         "lm_eval_version": version, "num_fewshot": shots, "filter": filt,
+                         "per_doc": docs.get((metric, filt), {})})
     return rows
+
+
+def per_doc(samples: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+    """{(metric, filter): {doc_id: value}} from lm-eval's logged samples (one per document and
+    filter, each carrying its metric values under the metric's name)."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for sample in samples:
+        for metric in sample.get("metrics", []):
+            value = _float_or_none(sample.get(metric))
+            if value is not None:
+                out.setdefault((metric, sample.get("filter", "none")), {})[str(sample["doc_id"])] = value
+    return out

@@ -120,6 +120,16 @@ def test_oracle_scorer_gets_full_accuracy_on_arc_easy(data_root):
     assert rows["acc"]["stderr"] == 0.0 and rows["acc"]["n"] == LIMIT
 
 
+def test_per_document_scores_come_with_every_metric(all_tasks):
+    """lm-eval's logged samples give each question's score, so that two models can be compared
+    question by question (accuracy flips); they average to the reported metric."""
+    _, rows = all_tasks
+    for r in rows:
+        assert len(r["per_doc"]) == LIMIT, r["task"]
+        assert set(r["per_doc"].values()) <= {0.0, 1.0}
+        assert sum(r["per_doc"].values()) / LIMIT == pytest.approx(r["value"]), (r["task"], r["metric"])
+
+
 def test_gsm8k_scored_by_lm_eval_filters(data_root):
     docs = evaldata.load_records("gsm8k", limit=LIMIT, root=data_root)
     final = {d["question"]: d["answer"].split("####")[-1].strip() for d in docs}
