@@ -129,3 +129,19 @@ def load_texts(name: str, limit: int | None = None, root: Path | None = None) ->
         except KeyError as e:
             raise DataError(f"dataset {name!r}: text template needs field {e} absent from the records") from None
     return out
+
+
+def calibration_texts(name: str, root: Path | None = None) -> list[str]:
+    """Passages for calibration: the second half of a text set, its last passage first.
+
+    Evaluation (quantkit compare's fidelity text) reads the set from its start, a few hundred
+    passages, and must stay inside the first half (`evaluation_capacity`); so a build is never
+    calibrated on the text it is then scored on.
+    """
+    texts = load_texts(name, root=root)
+    return texts[evaluation_capacity(len(texts)):][::-1]
+
+
+def evaluation_capacity(n_passages: int) -> int:
+    """How many passages from the start of a text set evaluation may read without meeting calibration."""
+    return n_passages // 2

@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from quantkit import evaldata, hardware
+from quantkit.calibration import PACKING
 from quantkit.envs import manager
 from quantkit.envs.specs import ENGINE_NAMES
-from quantkit.errors import ConfigError
+from quantkit.errors import ConfigError, QuantkitError
 from quantkit.recipes import Calibration, Recipe
 from quantkit.sources import Source
 
@@ -20,23 +21,40 @@ def folder_bytes(folder: Path) -> int:
 
 
 def write_calibration(calib: Calibration, out_file: Path) -> int:
-    """Write calibration passages (JSONL of {"text"}); returns how many were written."""
+    """Write the passages calibration may draw from, in the order it takes them (JSONL of
+    {"text"}); returns how many. The worker packs them with the reference tokenizer into exactly
+    samples x seq_len tokens (quantkit.calibration) and reports what it used."""
     if "/" in calib.dataset:
         raise ConfigError(f"calibration.dataset {calib.dataset!r}: hub datasets need a hub, which this build "
                           "cannot reach here", hint="use a name from evals/datasets.yaml, e.g. lambada")
-    texts = evaldata.load_texts(calib.dataset, limit=calib.samples)
-    if len(texts) < calib.samples:
-        raise ConfigError(f"calibration.samples={calib.samples} but {calib.dataset} has only {len(texts)} passages")
+    texts = evaldata.calibration_texts(calib.dataset)
+    if not texts:
+        raise ConfigError(f"calibration.dataset {calib.dataset!r} has no passages for calibration")
     out_file.parent.mkdir(parents=True, exist_ok=True)
     with open(out_file, "w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
     return len(texts)
+
+
+def calibration_record(calib: Calibration, packed: dict) -> dict:
+    """Manifest fields for a packed calibration (packed: what the worker reports)."""
+    if packed["sequences"] != calib.samples or packed["tokens"] != calib.samples * calib.seq_len:
+        raise QuantkitError(f"calibration packed {packed['sequences']} sequences / {packed['tokens']} tokens, "
+                            f"not calibration.samples x seq_len = {calib.samples} x {calib.seq_len}")
+    return {"calibration_samples_used": packed["sequences"], "calibration_tokens": packed["tokens"],
+            "calibration_packing": {**packed, "dataset": calib.dataset,
+                                    "passages": f"{calib.dataset}: second half, from its last passage backwards "
+                                                "(evaluation reads the first half)"}}
 
 
 def env_versions(name: str) -> dict:
     marker = manager.read_marker(name) or {}
     return marker.get("versions", {})
+
+
+def build_revision(recipe: Recipe) -> dict:
+    """What, besides the recipe and the source, decides a build's content: reuse must match it."""
+    return {"calibration": PACKING} if recipe.calibration else {}
 
 
 def manifest_skeleton(recipe: Recipe, source: Source, recipe_file: str | None) -> dict:
@@ -49,6 +67,8 @@ def manifest_skeleton(recipe: Recipe, source: Source, recipe_file: str | None) -
         "recipe_fingerprint": recipe.fingerprint(),
         "source": {"spec": source.spec, "location": source.location, **source.identity()},
         "calibration": recipe.calibration.model_dump(mode="json") if recipe.calibration else None,
+        # how calibration text becomes sequences: a build with other packing is another build
+        "build_revision": build_revision(recipe),
         "built_on": {"hardware": hw.describe(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "quantkit_envs": {n: env_versions(n) for n in ENGINE_NAMES},

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from pathlib import Path
 
 from rich.progress import Progress, TaskID
 
 from quantkit import paths
-from quantkit.builders.common import folder_bytes, write_calibration
+from quantkit.builders.common import calibration_record, folder_bytes, write_calibration
 from quantkit.builders.gguf_convert import convert_hf_to_gguf
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import runtime_env
 from quantkit.envs.run import run_worker
 from quantkit.envs.steps import run_logged
+from quantkit.errors import ConfigError, EngineError, QuantkitError
 from quantkit.hardware import detect
 from quantkit.recipes import Recipe
 from quantkit.sources import Source, materialize
@@ -25,6 +26,48 @@ def inspect(gguf_file: Path, log: Path) -> dict:
     env = runtime_env("llamacpp")
     return run_worker("llamacpp", "quantkit.workers.gguf_inspect", [gguf_file], log,
                       extra_env={"PYTHONPATH": f"{gguf_py}:{env['PYTHONPATH']}"})
+
+
+def _chunks_computed(log: Path, start: int) -> int:
+    """The chunk count llama-imatrix printed ("computing over N chunks, n_ctx=...") in its run."""
+    with open(log, encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        found = re.findall(r"computing over (\d+) chunks", f.read())
+    if not found:
+        raise EngineError(f"llama-imatrix did not say how many chunks it computed; see {log}")
+    return int(found[-1])
+
+
+def imatrix(recipe: Recipe, source_dir: Path, base: Path, out_file: Path, work: Path, log: Path, threads: str,
+            progress: Progress, task: TaskID) -> dict:
+    """llama-imatrix over exactly calibration.samples chunks of seq_len tokens.
+
+    llama-imatrix tokenizes its text file itself and cuts it into -c sized chunks. The text is the
+    same packed passages the llm-compressor builds use (quantkit.calibration, with the reference
+    tokenizer), with one spare chunk, and --chunks stops it at `samples`; its log says how many
+    chunks it computed, which must be `samples`.
+    """
+    calib = recipe.calibration
+    assert calib is not None  # recipes check that imatrix has a calibration section
+    write_calibration(calib, work / "calibration.jsonl")
+    text_file = work / "calibration.txt"
+    progress.update(task, status="packing calibration text")
+    try:
+        packed = run_worker("compressor", "quantkit.calibration",
+                            [source_dir, work / "calibration.jsonl", str(calib.samples), str(calib.seq_len), text_file],
+                            log, progress=progress, task=task)
+    except QuantkitError as e:
+        if "QUANTKIT_ERROR " in str(e):
+            raise ConfigError(str(e).split("QUANTKIT_ERROR ", 1)[1].splitlines()[0]) from None
+        raise
+    progress.update(task, status="llama-imatrix")
+    start = log.stat().st_size
+    run_logged([llamacpp_build.tool("llama-imatrix"), "-m", base, "-f", text_file, "-o", out_file,
+                "-c", str(calib.seq_len), "--chunks", str(calib.samples), "-t", threads], log,
+               progress=progress, task=task, env=runtime_env("llamacpp"), what="llama-imatrix")
+    chunks = _chunks_computed(log, start)
+    return calibration_record(calib, {**packed, "sequences": chunks, "tokens": chunks * calib.seq_len,
+                                      "tokenized_by": "llama-imatrix (the GGUF's tokenizer) over the packed text"})
 
 
 def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: TaskID) -> dict:
@@ -43,19 +86,11 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
                               progress=progress, task=task)
     steps["convert_seconds"] = round(time.time() - t, 1)
 
-    imatrix_file, n_samples = None, 0
+    imatrix_file, calibration = None, {"calibration_samples_used": 0, "calibration_tokens": 0}
     if m.imatrix:
         t = time.time()
-        calib = recipe.calibration
-        n_samples = write_calibration(calib, work / "calibration.jsonl")
-        text_file = work / "calibration.txt"
-        text_file.write_text("\n\n".join(json.loads(line)["text"] for line in
-                                         (work / "calibration.jsonl").read_text().splitlines()))
         imatrix_file = work / "imatrix.gguf"
-        progress.update(task, status="llama-imatrix")
-        run_logged([llamacpp_build.tool("llama-imatrix"), "-m", base, "-f", text_file, "-o", imatrix_file,
-                    "-c", str(calib.seq_len), "-t", threads], log, progress=progress, task=task,
-                   env=runtime_env("llamacpp"), what="llama-imatrix")
+        calibration = imatrix(recipe, source_dir, base, imatrix_file, work, log, threads, progress, task)
         steps["imatrix_seconds"] = round(time.time() - t, 1)
 
     t = time.time()
@@ -80,7 +115,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
         "gguf_file": target.name,
         "gguf_type": m.type,
         "imatrix": m.imatrix,
-        "calibration_samples_used": n_samples,
+        **calibration,
         "steps": steps,
         "tool_versions": {"llama.cpp": llamacpp_build.built_info().get("llama_cpp_build"),
                           "llama-cpp-python": llamacpp_build.LLAMA_CPP_PYTHON_VERSION},

@@ -13,7 +13,7 @@ from rich.progress import Progress, TaskID
 
 from quantkit import paths, safetensors_info
 from quantkit.builders import groups
-from quantkit.builders.common import folder_bytes, write_calibration
+from quantkit.builders.common import calibration_record, folder_bytes, write_calibration
 from quantkit.envs.run import run_worker
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.hardware import detect
@@ -42,11 +42,10 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
     work.mkdir()
     spec = {"source": source.location, "method": recipe.method.model_dump(mode="json"),
             "calibration": None, "calibration_file": None, "out_dir": str(out)}
-    n_samples = 0
     if recipe.calibration:
         spec["calibration"] = recipe.calibration.model_dump(mode="json")
         spec["calibration_file"] = str(work / "calibration.jsonl")
-        n_samples = write_calibration(recipe.calibration, work / "calibration.jsonl")
+        write_calibration(recipe.calibration, work / "calibration.jsonl")
     (work / "spec.json").write_text(json.dumps(spec))
     autoawq = recipe.method.kind == "awq" and recipe.method.backend == "autoawq"
     env, module = ("autoawq", "quantkit.workers.autoawq_quantize") if autoawq else \
@@ -67,12 +66,22 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
     config = json.loads((out / "config.json").read_text())
     params = result["source_parameters"]
     size = safetensors_info.tensor_bytes(out)
+    calibration = {"calibration_samples_used": 0, "calibration_tokens": 0}
+    if recipe.calibration:
+        if not result.get("calibration"):
+            raise QuantkitError(f"{module} did not report its packed calibration; see {log}")
+        calibration = calibration_record(recipe.calibration, result["calibration"])
     return {
         "format": "awq" if autoawq else "compressed-tensors",
         "engine": "vllm",
         "quantization_config": config.get("quantization_config"),
-        "calibration_samples_used": n_samples,
+        **calibration,
         "worker": result,
+        # where it ran and the choices made for that device (CPU: float32 calibration, saved in the
+        # checkpoint's dtype; 8 sequences a batch; AWQ grid of 10; see workers/cpu_compat.py)
+        "build_settings": {k: result.get(k) for k in
+                           ("device", "torch_threads", "calibration_dtype", "saved_dtype", "awq_n_grid")},
+        "peak_gpu_memory_mib": result.get("peak_gpu_mib"),
         "tool_versions": result["versions"],
         "tensor_dtypes": safetensors_info.dtype_counts(out),
         "weights_bytes": size,
