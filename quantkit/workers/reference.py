@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # transformers' GGUF loader rebuilds a "gpt2"-model tokenizer with a SentencePiece-style decoder
 # (ByteFallback, "▁" -> " ") and without the per-digit split of the original pre-tokenizer. That
 # checkpoint then misleads llama.cpp's converter into a "llama" vocabulary whose tokenizer aborts.
