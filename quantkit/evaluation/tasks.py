@@ -25,6 +25,7 @@ What is ours:
 from __future__ import annotations
 
 import importlib.metadata
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -77,7 +78,7 @@ def lm_eval_version() -> str:
 
 
 def load_split(*, quantkit_dataset: str, split: str, data_root: str | None = None,
-               **_metadata: Any) -> dict[str, "datasets.Dataset"]:
+               **_metadata: Any) -> dict[str, datasets.Dataset]:
     """`custom_dataset` of the task YAMLs: {split: rows of an evals/datasets.yaml entry}.
 
     lm-eval calls it with the task's `dataset_kwargs` and metadata (which carries `data_root`, set
@@ -185,7 +186,7 @@ def _float_or_none(x: Any) -> float | None:
         v = float(x)
     except (TypeError, ValueError):  # lm-eval writes "N/A" where it has no stderr
         return None
-    return v if v == v else None
+    return None if math.isnan(v) else v
 
 
 def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, seed: int = 0,

@@ -57,6 +57,7 @@ class Figure:
     conditions: dict = field(default_factory=dict)
     fingerprint: dict = field(default_factory=dict)
     measured_at: str = ""
+    key: str = ""  # the measurement it belongs to (set when read from the store)
 
 
 def measurement_key(variant: str, engine: str, settings: dict, group: str, conditions: dict, fingerprint: dict) -> str:
@@ -90,19 +91,28 @@ class Store:
                      json.dumps(f.conditions, sort_keys=True, default=str),
                      json.dumps(f.fingerprint, sort_keys=True, default=str), f.measured_at or now))
 
+    _COLUMNS = ("variant, engine, grp, metric, value, uncertainty, n, unit, text, status, reason, settings,"
+                " conditions, fingerprint, measured_at, id, key")
+
+    @staticmethod
+    def _figure(r: tuple) -> Figure:
+        return Figure(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], json.loads(r[11]),
+                      json.loads(r[12]), json.loads(r[13]), r[14], r[16])
+
+    def get(self, key: str) -> list[Figure]:
+        """The figures stored under one measurement key (empty if none)."""
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures WHERE key=? ORDER BY id", (key,)).fetchall()
+        return [self._figure(r) for r in rows]
+
     def figures(self, *, latest: bool = True) -> list[Figure]:
         """All figures; with `latest`, only those of the newest measurement (key) per (variant, engine,
         group): a re-measurement under other conditions, or a newer failure, replaces the whole group
         rather than mixing with it."""
-        rows = self.db.execute(
-            "SELECT variant, engine, grp, metric, value, uncertainty, n, unit, text, status, reason, settings,"
-            " conditions, fingerprint, measured_at, id, key FROM figures ORDER BY id").fetchall()
+        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures ORDER BY id").fetchall()
         newest: dict[tuple, str] = {}
         for r in rows:
             newest[(r[0], r[1], r[2])] = r[16]
-        return [Figure(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], json.loads(r[11]),
-                       json.loads(r[12]), json.loads(r[13]), r[14])
-                for r in rows if not latest or newest[(r[0], r[1], r[2])] == r[16]]
+        return [self._figure(r) for r in rows if not latest or newest[(r[0], r[1], r[2])] == r[16]]
 
     def close(self) -> None:
         self.db.close()

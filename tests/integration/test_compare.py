@@ -85,9 +85,45 @@ def test_kl_divergence_orders_as_bits_per_weight_and_reference_is_zero(finished_
     assert top1["reference"] == 1.0 and top1[VARIANTS["q2_k"]] < top1[VARIANTS["q8_0"]]
 
 
+def test_fidelity_against_the_reference_and_the_own_engine_base_with_floors(finished_db):
+    """Issue 9: every GGUF variant is scored against the reference and against the f16 GGUF on
+    llama.cpp; the f16 GGUF's own divergence is the engine floor, the reference re-scored with
+    another batch composition the noise floor."""
+    store = Store(finished_db[0])
+    fid = {(f.variant, f.metric): f for f in store.figures() if f.group == "fidelity" and f.status == "ok"}
+    noise, engine_floor = fid[("reference", "noise_kld_mean")], fid[(VARIANTS["f16"], "kld_mean")]
+    assert 0.0 <= noise.value < engine_floor.value, (noise.value, engine_floor.value)
+    assert engine_floor.conditions["role"] == "engine baseline of llamacpp"
+    assert fid[(VARIANTS["f16"], "base_kld_mean")].value == 0.0  # itself, by construction
+    damage = []
+    for q in ("q8_0", "q4_k_m", "q2_k"):
+        base, ref = fid[(VARIANTS[q], "base_kld_mean")], fid[(VARIANTS[q], "kld_mean")]
+        assert base.conditions["baseline"] == f"{VARIANTS['f16']} on llamacpp" and base.n == ref.n
+        assert base.conditions["top_k"] == 4096 and 0 < base.conditions["baseline_tail_mass_mean"] < 0.05
+        damage.append(base.value)
+    assert damage[0] < damage[1] < damage[2], damage
+    fl = leaderboard.floors(store)
+    assert fl["noise"].value == noise.value and fl["engine"]["llamacpp"].variant == VARIANTS["f16"]
+    header, _ = leaderboard.table(store)
+    assert "KLD vs own engine base" in header and leaderboard.FLOOR_COLUMN in header
+    assert "KLD floors: noise floor" in leaderboard.to_markdown(store)
+
+
+def test_accuracy_flips_against_the_reference_per_question(finished_db):
+    store = Store(finished_db[0])
+    figs = {(f.variant, f.metric): f for f in store.figures() if f.group == "task:arc_easy" and f.status == "ok"}
+    ref = json.loads(figs[("reference", "acc:per_doc")].text)
+    assert len(ref) == 8 and ("reference", "acc:lost") not in figs
+    for v in VARIANTS.values():
+        per = json.loads(figs[(v, "acc:per_doc")].text)
+        assert figs[(v, "acc:lost")].value == sum(1 for d in per if ref[d] == 1.0 and per[d] == 0.0)
+        assert figs[(v, "acc:gained")].value == sum(1 for d in per if ref[d] == 0.0 and per[d] == 1.0)
+        assert 0.0 < figs[(v, "acc:mcnemar_p")].value <= 1.0 and figs[(v, "acc:lost")].n == 8
+
+
 def test_every_leaderboard_cell_is_a_figure_or_a_reason(finished_db):
     store = Store(finished_db[0])
-    header, rows = leaderboard.table(store)
+    _, rows = leaderboard.table(store)
     assert rows[0][0] == "reference" and len(rows) == 1 + len(VARIANTS)
     for row in rows:
         for cell in row[3:]:
@@ -95,7 +131,7 @@ def test_every_leaderboard_cell_is_a_figure_or_a_reason(finished_db):
     md = leaderboard.to_markdown(store)
     for line in md.split("## Probe generations")[0].splitlines()[4:]:  # table rows: every n/a has its reason
         if line.startswith("| "):
-            assert all(not c.strip() == "n/a" for c in line.split("|")), line
+            assert all(c.strip() != "n/a" for c in line.split("|")), line
     assert "### singapore" in md and "## Conditions" in md
     data = json.loads(leaderboard.to_json(store))
     assert {r[0] for r in data["table"]["rows"]} == {"reference", *VARIANTS.values()}

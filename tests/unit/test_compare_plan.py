@@ -62,3 +62,105 @@ def test_leaderboard_has_one_table_per_reference(tmp_path):
     assert header[-1] == "compared with"
     assert [(r[0], r[-1]) for r in rows] == [("reference", "reference"), ("smol-q4", "reference"),
                                              (qwen, qwen), ("qwen-awq", qwen)]
+
+
+class NumpyEngine:
+    """A stand-in worker for compare's fidelity orchestration only (the engines themselves are
+    tested against real logits in tests/integration): logits are a fixed function of the tokens,
+    plus this model's own deterministic perturbation; `topk_logprobs` follows the worker contract
+    through quantkit.evaluation.fidelity.topk_from_logits."""
+
+    def __init__(self, noise: float, seed: int, vocab: int = 512):
+        self.noise, self.seed, self.vocab, self.calls = noise, seed, vocab, []
+
+    def _logits(self, seq):
+        import numpy as np
+
+        rows = []
+        for pos in range(len(seq)):
+            r = np.random.default_rng(hash(tuple(seq[:pos + 1])) % 2**32)
+            base = -2.0 * np.log(np.arange(1, self.vocab + 1))[r.permutation(self.vocab)]
+            rows.append(base + self.noise * np.random.default_rng((self.seed, pos, seq[pos])).normal(size=self.vocab))
+        return np.array(rows)
+
+    def call(self, op, sequences, score_from, top_k, ref_ids=None):
+        import numpy as np
+
+        from quantkit.evaluation.fidelity import FIELDS, topk_from_logits
+        from quantkit.workers import arrays
+
+        assert op == "topk_logprobs"
+        self.calls.append(len(sequences))
+        out = []
+        for i, seq in enumerate(sequences):
+            logits = self._logits(seq)[score_from - 1:len(seq) - 1]
+            ids = arrays.decode(ref_ids[i]) if ref_ids is not None else None
+            t = topk_from_logits(logits, np.array(seq[score_from:]), top_k, ids=ids)
+            out.append({k: arrays.encode(getattr(t, k)) for k in FIELDS})
+        return out
+
+
+def _run(name, engine, role, anchors, worker, windows):
+    from types import SimpleNamespace
+
+    from quantkit.evaluation.compare import CompareConfig, Inputs, Run
+
+    cfg = CompareConfig(window_len=16, windows=len(windows), top_k=32)
+    target = SimpleNamespace(name=name, engine=SimpleNamespace(name=engine), kv_cache_type="f16",
+                             settings=SimpleNamespace(model_dump=dict))
+    run = Run(target, worker, Inputs(windows, [], [], 0, [], [], 512, None), cfg, {}, role, "reference", anchors)
+    run.keys = {"fidelity": f"key-{name}"}
+    return run
+
+
+def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
+    import random
+
+    from quantkit.evaluation.compare import Anchors, _rows_file, measure_fidelity
+
+    rnd = random.Random(0)
+    windows = [[rnd.randrange(512) for _ in range(16)] for _ in range(6)]
+    anchors = Anchors("reference", reference_key="key-reference")
+    anchors.baselines = {"vllm": ("reference", "key-reference"), "llamacpp": ("f16", "key-f16")}
+    ref_engine = NumpyEngine(0.0, 1)
+    ref = {f.metric: f for f in measure_fidelity(_run("reference", "vllm", "reference", anchors, ref_engine, windows))}
+    assert ref["kld_mean"].value == 0.0 and ref["base_kld_mean"].value == 0.0
+    assert ref["noise_kld_mean"].value == 0.0  # a deterministic engine: re-scoring changes nothing
+    assert ref_engine.calls == [6, 1, 1, 1, 1, 1, 1]  # all windows in one call, then one per call (noise floor)
+    assert _rows_file("key-reference").exists()
+
+    f16 = {f.metric: f for f in measure_fidelity(_run("f16", "llamacpp", "baseline", anchors, NumpyEngine(0.05, 2),
+                                                      windows))}
+    assert f16["kld_mean"].value > 0 and f16["base_kld_mean"].value == 0.0  # engine floor; itself
+    assert f16["kld_mean"].conditions["role"] == "engine baseline of llamacpp" and _rows_file("key-f16").exists()
+
+    q = {f.metric: f for f in measure_fidelity(_run("q4", "llamacpp", "variant", anchors, NumpyEngine(0.3, 3),
+                                                    windows))}
+    assert q["kld_mean"].value > f16["kld_mean"].value and 0 < q["base_kld_mean"].value
+    assert q["base_kld_mean"].conditions["baseline"] == "f16 on llamacpp"
+    assert q["kld_mean"].n == 6 * 8 and any(m.startswith("kld_mean@conf=") for m in q)
+
+    awq = {f.metric: f for f in measure_fidelity(_run("awq", "vllm", "variant", anchors, NumpyEngine(0.3, 4),
+                                                      windows))}
+    assert awq["base_kld_mean"].value == awq["kld_mean"].value  # vLLM's baseline is the reference itself
+    assert "the reference itself" in awq["base_kld_mean"].conditions["baseline"]
+
+    anchors.baselines.pop("llamacpp")
+    anchors.missing["llamacpp"] = "its full-precision baseline could not be built: no disk"
+    q2 = measure_fidelity(_run("q2", "llamacpp", "variant", anchors, NumpyEngine(1.0, 5), windows))
+    failed = [f for f in q2 if f.status == "failed"]
+    assert [(f.metric, f.reason) for f in failed] == [("base_kld_mean", anchors.missing["llamacpp"])]
+    assert any(f.metric == "kld_mean" and f.status == "ok" for f in q2)
+
+
+def test_a_new_baseline_rows_file_replaces_the_old_one(tmp_home):
+    import numpy as np
+
+    from quantkit.evaluation.compare import _rows_file, _save_rows
+    from quantkit.evaluation.fidelity import topk_from_logits
+
+    rows = topk_from_logits(np.zeros((2, 8)), np.array([0, 1]), 4)
+    _save_rows(rows, "old", "reference|vllm|setup")
+    _save_rows(rows, "other", "reference|vllm|quick")
+    _save_rows(rows, "new", "reference|vllm|setup")
+    assert not _rows_file("old").exists() and _rows_file("new").exists() and _rows_file("other").exists()

@@ -143,3 +143,65 @@ def test_ties_need_the_same_setup_and_ppl_ties_are_paired(tmp_path):
     v = dict(zip(header, next(r for r in rows if r[0] == "v")))
     assert v["PPL"] == "20.40 ± 0.50" and v["PPL ratio"] == "1.020 ± 0.005"
     assert v["arc_easy acc"] == "0.500 ± 0.050 †"  # equal value, other setup: not a tie
+
+
+def _fid(variant, engine, metric, value, unc=None, **cond):
+    return Figure(variant, engine, "fidelity", metric, value, unc, 16384, conditions={"setup": "s", **cond},
+                  fingerprint=FP)
+
+
+@pytest.fixture
+def floors_store(tmp_path):
+    """A reference with its noise floor, the f16 GGUF as llama.cpp's engine baseline, and variants."""
+    s = Store(tmp_path / "f.sqlite")
+    s.put("ref", [_fid("reference", "vllm", "kld_mean", 0.0, 0.0), _fid("reference", "vllm", "base_kld_mean", 0.0, 0.0),
+                  _fid("reference", "vllm", "noise_kld_mean", 2e-5, 1e-6),
+                  _fid("reference", "vllm", "noise_top1_agreement", 0.999, 0.0002)])
+    base = {"role": "engine baseline of llamacpp"}
+    s.put("f16", [_fid("f16", "llamacpp", "kld_mean", 0.0100, 0.0003, **base),
+                  _fid("f16", "llamacpp", "base_kld_mean", 0.0, 0.0, **base)])
+    s.put("q8", [_fid("q8", "llamacpp", "kld_mean", 0.0104, 0.0003), _fid("q8", "llamacpp", "base_kld_mean", 0.0038, 0.0001),
+                 _fid("q8", "llamacpp", "kld_mean@conf=0.8-0.95", 0.002, 0.0001),
+                 Figure("q8", "llamacpp", "task:arc_easy", "acc", 0.45, 0.11, 20, conditions={"setup": "t"}),
+                 Figure("q8", "llamacpp", "task:arc_easy", "acc:lost", 3, None, 20, conditions={"setup": "t"}),
+                 Figure("q8", "llamacpp", "task:arc_easy", "acc:gained", 1, None, 20, conditions={"setup": "t"}),
+                 Figure("q8", "llamacpp", "task:arc_easy", "acc:mcnemar_p", 0.625, None, 20, conditions={"setup": "t"}),
+                 Figure("q8", "llamacpp", "task:arc_easy", "acc:per_doc", None, None, 20, text="{}",
+                        conditions={"setup": "t"})])
+    s.put("q4", [_fid("q4", "llamacpp", "kld_mean", 0.060, 0.001), _fid("q4", "llamacpp", "base_kld_mean", 0.053, 0.001)])
+    s.put("q5", [_fid("q5", "llamacpp", "kld_mean", 0.061, 0.001), _fid("q5", "llamacpp", "base_kld_mean", 0.052, 0.001)])
+    s.put("int8", [_fid("int8", "vllm", "kld_mean", 0.00002, 0.000001), _fid("int8", "vllm", "base_kld_mean", 0.00002, 0.000001)])
+    s.put("q2x", [_fid("q2x", "llamacpp", "kld_mean", 0.4, 0.005),
+                  Figure("q2x", "llamacpp", "fidelity", "base_kld_mean", status="failed",
+                         reason="its full-precision baseline could not be built: no disk", conditions={"setup": "s"})])
+    return s
+
+
+def test_floors_marks_and_flips_in_the_table(floors_store):
+    fl = leaderboard.floors(floors_store)
+    assert fl["noise"].value == 2e-5 and fl["engine"]["llamacpp"].variant == "f16"
+    header, rows = leaderboard.table(floors_store)
+    row = {r[0]: dict(zip(header, r)) for r in rows}
+    assert row["q8"]["KLD mean"].endswith("≤E")  # 0.0104 ± 0.0003 vs the engine floor 0.0100 ± 0.0003
+    assert "≤" not in row["q8"]["KLD vs own engine base"]  # 0.0038 is far above the noise floor
+    assert "≤" not in row["q4"]["KLD mean"] and "≤E" not in row["f16"]["KLD mean"]
+    assert row["int8"]["KLD mean"].endswith("≤N")  # within the reference's own re-scoring noise
+    assert row["q8"]["arc_easy acc"] == "0.450 ± 0.110 −3/+1 p=0.62"
+    assert row["q8"][leaderboard.FLOOR_COLUMN] == "0.01 / 2e-05"
+    assert row["int8"][leaderboard.FLOOR_COLUMN] == "0 (same engine) / 2e-05"
+    assert row["q2x"]["KLD vs own engine base"] == "n/a (its full-precision baseline could not be built: no disk)"
+    assert not any(h.endswith((":per_doc", ":lost")) for h in header)
+
+
+def test_overlapping_kld_intervals_are_listed(floors_store):
+    pairs = leaderboard.overlapping_pairs(floors_store)
+    assert ("q4", "q5") in pairs and ("f16", "q8") in pairs
+    assert not any("q2x" in p for p in pairs) and not any("reference" in p for p in pairs)
+    md = leaderboard.to_markdown(floors_store)
+    assert "q4 ~ q5" in md and "KLD floors: noise floor 2e-05" in md and "engine floor of llamacpp 0.01" in md
+    assert "Fidelity in detail" in md and "| q8 | llamacpp | own engine base |" in md
+    data = json.loads(leaderboard.to_json(floors_store))
+    assert ["q4", "q5"] in data["fidelity"]["reference"]["overlapping_kld_pairs"]
+    assert data["fidelity"]["reference"]["floors"]["noise"]["value"] == 2e-5
+    header = next(csv.reader(io.StringIO(leaderboard.to_csv(floors_store))))
+    assert "KLD median" in header and leaderboard.FLOOR_COLUMN in header

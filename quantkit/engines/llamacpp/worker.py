@@ -82,6 +82,53 @@ def main(settings: dict) -> None:
             out_all.append(rows)
         return out_all
 
+    def topk_logprobs(sequences: list[list[int]], score_from: int, top_k: int,
+                      ref_ids: list[dict] | None = None) -> list[dict]:
+        """Fidelity rows (contract in quantkit/evaluation/fidelity.py) from llama.cpp's full logits.
+
+        Per sequence, rows predict tokens score_from..L-1 (logits at positions score_from-1..L-2).
+        Everything is exact over the whole vocabulary, in float64: the log-softmax, the log-probs
+        of the given ids (or of this engine's own top-K), and the tail mass outside them, summed
+        directly over the complement (never as 1 - top-K, which loses tiny tails)."""
+        import numpy as np
+
+        from quantkit.workers import arrays
+
+        if ref_ids is not None and len(ref_ids) != len(sequences):
+            raise ValueError(f"ref_ids has {len(ref_ids)} entries for {len(sequences)} sequences")
+        answers = []
+        for i, seq in enumerate(sequences):
+            length = len(seq)
+            if not 1 <= score_from < length:
+                raise ValueError(f"score_from {score_from} outside 1..{length - 1} for a sequence of {length} tokens")
+            n = length - score_from
+            llm.reset()
+            llm.eval(list(seq))
+            logp = np.asarray(llm.scores[score_from - 1:length - 1], dtype=np.float64)
+            logp -= logp.max(axis=1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            if ref_ids is None:
+                k = min(int(top_k), logp.shape[1])
+                part = np.argpartition(-logp, k - 1, axis=1)[:, :k]
+                order = np.argsort(-np.take_along_axis(logp, part, axis=1), axis=1, kind="stable")
+                ids = np.take_along_axis(part, order, axis=1)
+            else:
+                ids = arrays.decode(ref_ids[i]).astype(np.int64)
+                if ids.ndim != 2 or ids.shape[0] != n:
+                    raise ValueError(f"ref_ids[{i}] has shape {ids.shape}, expected ({n}, K)")
+            probs = np.exp(logp)
+            np.put_along_axis(probs, ids, 0.0, axis=1)
+            with np.errstate(divide="ignore"):
+                tail = np.log(probs.sum(axis=1))
+            answers.append({
+                "ids": arrays.encode(ids.astype(np.int32)),
+                "logprobs": arrays.encode(np.take_along_axis(logp, ids, axis=1).astype(np.float32)),
+                "tail_logprob": arrays.encode(tail),
+                "argmax": arrays.encode(logp.argmax(axis=1).astype(np.int32)),
+                "token_logprob": arrays.encode(logp[np.arange(n), np.asarray(seq[score_from:])]),
+            })
+        return answers
+
     def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
         """Offline throughput the way llama.cpp itself runs (llama-batched-bench, llama-server's
         slots): llama.cpp's C API through the binding, every prompt one sequence of one batch. The
@@ -158,10 +205,14 @@ def main(settings: dict) -> None:
                 "n_ctx": llm.n_ctx(), "weights_bytes": int(llama_cpp.llama_model_size(llm.model))}
 
     def info() -> dict:
+        vocab = llm._model.vocab
         return {"engine": "llama.cpp", "version": llama_cpp.__version__, "model": model,
-                "load_seconds": load_seconds, "pid": os.getpid()}
+                "load_seconds": load_seconds, "pid": os.getpid(), "n_vocab": llm.n_vocab(),
+                # what llama.cpp's own tools (llama-perplexity) do with a text: a BOS token first?
+                "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)), "bos": int(llm.token_bos())}
 
-    serve({"generate": generate, "logprobs": logprobs, "bench": bench, "memory": memory, "info": info}, out)
+    serve({"generate": generate, "logprobs": logprobs, "topk_logprobs": topk_logprobs, "bench": bench, "memory": memory,
+           "info": info}, out)
 
 
 if __name__ == "__main__":
