@@ -138,7 +138,8 @@ def main(spec: dict) -> dict:
     saved_dtype = model.dtype
     # On a CPU, 16-bit matmuls run several times slower than float32 without native bf16 (AVX2):
     # calibrate in float32 there and save in the checkpoint's own dtype (see cpu_compat).
-    calib_dtype = calibration_dtype(saved_dtype, calibrated=bool(spec.get("calibration")), cuda=cuda)
+    calib_dtype = getattr(torch, calibration_dtype(str(saved_dtype).removeprefix("torch."),
+                                                   calibrated=bool(spec.get("calibration")), cuda=cuda))
     if calib_dtype != saved_dtype:
         model = model.to(calib_dtype)
     if "group_size" in method:

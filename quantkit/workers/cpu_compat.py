@@ -30,8 +30,9 @@ def apply() -> list[str]:
     return [p for p in (_awq_pin_memory(),) if p]
 
 
-def calibration_dtype(dtype, *, calibrated: bool, cuda: bool):
-    """The dtype to run calibration in. On a CPU, a 16-bit checkpoint is calibrated in float32.
+def calibration_dtype(dtype: str, *, calibrated: bool, cuda: bool) -> str:
+    """The dtype (torch's name) to run calibration in. On a CPU, a 16-bit checkpoint is calibrated
+    in float32.
 
     Measured on an AVX2 EPYC without native bf16 (torch 2.13 CPU, one thread, CPU seconds so that
     the other work on the shared machine does not count): llm-compressor's AWQ over SmolLM2's first
@@ -41,11 +42,9 @@ def calibration_dtype(dtype, *, calibrated: bool, cuda: bool):
     to the checkpoint's dtype before it is saved (workers/compress.py). Builds without calibration
     (FP8 dynamic) keep the checkpoint's dtype.
     """
-    import torch
-
-    if cuda or not calibrated or dtype not in (torch.bfloat16, torch.float16):
+    if cuda or not calibrated or dtype not in ("bfloat16", "float16"):
         return dtype
-    return torch.float32
+    return "float32"
 
 
 def calibration_batch(*, cuda: bool) -> int:

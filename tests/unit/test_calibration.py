@@ -104,3 +104,15 @@ def test_build_revision_names_the_packing_only_where_there_is_calibration():
     fp8 = parse_recipe({"name": "f", "method": {"kind": "fp8"}}, "test")
     assert common.build_revision(gptq) == {"calibration": calibration.PACKING}
     assert common.build_revision(fp8) == {}
+
+
+def test_device_choices_change_only_cpu_calibrated_builds():
+    from quantkit.workers import cpu_compat
+
+    assert cpu_compat.calibration_dtype("bfloat16", calibrated=True, cuda=False) == "float32"
+    assert cpu_compat.calibration_dtype("float16", calibrated=True, cuda=False) == "float32"
+    assert cpu_compat.calibration_dtype("bfloat16", calibrated=True, cuda=True) == "bfloat16"
+    assert cpu_compat.calibration_dtype("bfloat16", calibrated=False, cuda=False) == "bfloat16"  # FP8 dynamic
+    assert cpu_compat.calibration_dtype("float32", calibrated=True, cuda=False) == "float32"
+    assert (cpu_compat.calibration_batch(cuda=False), cpu_compat.calibration_batch(cuda=True)) == (8, 1)
+    assert (cpu_compat.awq_grid(cuda=False), cpu_compat.awq_grid(cuda=True)) == (10, cpu_compat.AWQ_GRID_DEFAULT)
