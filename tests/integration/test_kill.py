@@ -12,9 +12,11 @@ Each random point is anchored to an event (an engine process exists, a server is
 a seeded random delay, so that every kill lands while engine processes are alive: a kill that
 found nothing to orphan would prove nothing. QUANTKIT_KILL_SEED changes the points.
 
-The default run kills each command on each engine once or twice (a few minutes on 2 busy cores);
-the tests marked `slow` add later points (a compare resumed and killed while vLLM's server starts
-and again in its llama.cpp phase, a vLLM server killed after it is ready).
+The default run kills each command on each engine once or twice: serve (llama.cpp starting and
+serving, vLLM starting), build (GGUF Q8_0 converting and quantizing, INT8 W8A8 in llm-compressor),
+compare (vLLM starting the reference's engine, llama-server in the llama.cpp phase). The tests
+marked `slow` add points that first need long measurements: a vLLM server killed once ready, and
+compares resumed and killed while the vLLM and llama.cpp workers measure.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from quantkit.server import free_port
 SEED = int(os.environ.get("QUANTKIT_KILL_SEED", "8"))
 CLEAN_WITHIN_S = 10.0
 Q8 = "smollm2-gguf-q8_0"
-VLLM_OPTS = ["-o", "max_model_len=1024"]
+VLLM_OPTS = ["-o", "max_model_len=1024", "-o", "gpu_memory_utilization=0.05"]  # ~1.2 GiB of KV: a light start
 _markers: list[str] = []
 
 
@@ -317,14 +319,40 @@ def test_compare_resumed_and_killed_while_vllm_worker_measures(q8_variant, compa
     _report(record_property, "compare vLLM", "worker", delay, result)
 
 
+# A setting only llama.cpp knows (`n_threads`) makes the vLLM reference fail to load at once (its
+# failure is recorded), so compare reaches its llama.cpp phase in seconds rather than after the
+# reference's whole measurement (over 30 minutes on 2 cores shared with other engine runs).
+LLAMACPP_ONLY = ["-o", "n_threads=2"]
+
+
+@pytest.fixture(scope="module")
+def llamacpp_compare_db(tmp_path_factory):
+    return tmp_path_factory.mktemp("kill-results-llamacpp") / "results.sqlite"
+
+
+def test_compare_killed_while_llamacpp_serves(q8_variant, llamacpp_compare_db, tmp_path, record_property):
+    rng = _rng("compare-llamacpp-server")
+    db = llamacpp_compare_db
+    run = Run(["compare", q8_variant, *COMPARE, "--db", str(db), *LLAMACPP_ONLY], tmp_path)
+    run.wait_for("llama-server", _engine_up(run, "llama-server"), 900)
+    delay = rng.uniform(0, 5.0)
+    time.sleep(delay)
+    result = run.kill9_and_check(db)
+    assert result["rows"] > 0  # at least the reference's failure row was committed, and must survive
+    _report(record_property, "compare llama.cpp", "llama-server", delay, result)
+
+
 @pytest.mark.slow
-def test_compare_resumed_and_killed_in_its_llamacpp_phase(q8_variant, compare_db, tmp_path, record_property):
-    rng = _rng("compare-llamacpp")
-    run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
-    up = _engine_up(run, "quantkit.engines.llamacpp.worker")
-    run.wait_for("the llama.cpp worker", up, 2400)
+def test_compare_resumed_and_killed_while_llamacpp_worker_measures(q8_variant, llamacpp_compare_db, tmp_path,
+                                                                   record_property):
+    """After the serving sweep (llama-server) has run in full: minutes on a quiet machine, over 15
+    on a loaded one."""
+    rng = _rng("compare-llamacpp-worker")
+    db = llamacpp_compare_db
+    run = Run(["compare", q8_variant, *COMPARE, "--db", str(db), *LLAMACPP_ONLY], tmp_path)
+    run.wait_for("the llama.cpp worker", _engine_up(run, "quantkit.engines.llamacpp.worker"), 3600)
     delay = rng.uniform(0, 10.0)
     time.sleep(delay)
-    result = run.kill9_and_check(compare_db)
-    assert result["rows"] > 0  # the reference's groups, all committed by now, must survive
+    result = run.kill9_and_check(db)
+    assert result["rows"] > 0
     _report(record_property, "compare llama.cpp", "worker", delay, result)
