@@ -292,7 +292,7 @@ def measure_speed(ctx: Run) -> list[Figure]:
     cond = {"batch": cfg.bench_batch, "input_tokens": cfg.bench_input, "output_tokens": cfg.bench_output,
             "repeats": cfg.bench_repeats, "spread": [lo, hi], "p90": p90, "greedy": True, "ignore_eos": True,
             "prefix_cache": "cleared before each run (every run pays its prefill)",
-            "batching": "one batch (vLLM)" if ctx.target.engine.name == "vllm" else "sequential (llama-cpp-python)"}
+            "batching": res.get("method", "one batch (vLLM)")}
     return [ctx.fig("speed", "offline_tokens_per_s", med, (hi - lo) / 2, cfg.bench_repeats, "tok/s", conditions=cond)]
 
 
