@@ -134,6 +134,16 @@ def main(spec: dict) -> dict:
     method = spec["method"]
     cuda = torch.cuda.is_available()
     tokenizer = AutoTokenizer.from_pretrained(spec["source"])
+    kwargs: dict = {}
+    calib_info = None
+    calib = spec.get("calibration")
+    if calib:  # packed before the model loads: too little text fails in seconds
+        ds, calib_info = calibration_dataset(tokenizer, calib, spec["calibration_file"])
+        # Packed sequences all have seq_len tokens: batches need no padding, and the order does
+        # not change what GPTQ's Hessians or AWQ's statistics sum over.
+        calib_info["batch_size"] = batch = calibration_batch(cuda=cuda)
+        kwargs = {"dataset": ds, "max_seq_length": calib["seq_len"], "num_calibration_samples": len(ds),
+                  "batch_size": batch, "shuffle_calibration_samples": False}
     model = AutoModelForCausalLM.from_pretrained(spec["source"], dtype="auto")
     saved_dtype = model.dtype
     # On a CPU, 16-bit matmuls run several times slower than float32 without native bf16 (AVX2):
@@ -149,16 +159,6 @@ def main(spec: dict) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     patched = apply_cpu_compat()
 
-    kwargs: dict = {}
-    calib_info = None
-    calib = spec.get("calibration")
-    if calib:
-        ds, calib_info = calibration_dataset(tokenizer, calib, spec["calibration_file"])
-        # Packed sequences all have seq_len tokens: batches need no padding, and the order does
-        # not change what GPTQ's Hessians or AWQ's statistics sum over.
-        calib_info["batch_size"] = batch = calibration_batch(cuda=cuda)
-        kwargs = {"dataset": ds, "max_seq_length": calib["seq_len"], "num_calibration_samples": len(ds),
-                  "batch_size": batch, "shuffle_calibration_samples": False}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     grid = awq_grid(cuda=cuda)

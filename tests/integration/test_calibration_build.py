@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from quantkit import builders, calibration, evaldata, paths
+from quantkit import builders, calibration, evaldata, paths, variants
 from quantkit.builders.common import write_calibration
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.envs.run import run_worker
+from quantkit.errors import ConfigError
 from quantkit.hardware import detect
 from quantkit.recipes import load_recipe
 
@@ -72,3 +73,12 @@ def test_imatrix_is_computed_over_exactly_samples_chunks(reference):
     assert v.manifest["calibration_samples_used"] == calib.samples
     assert v.manifest["calibration_tokens"] == calib.samples * calib.seq_len
     assert Path(v.path / "imatrix.gguf").exists()
+
+
+def test_a_budget_the_data_cannot_fill_is_a_one_line_error_before_the_model_loads(reference):
+    recipe = load_recipe(paths.recipes_dir() / "smollm2_gptq_w4a16.yaml",
+                         ["name=gptq-calibration-too-long", "calibration.samples=4000"])
+    with pytest.raises(ConfigError, match=r"^calibration: lambada: \d+ passages tokenize to \d+ tokens, fewer than "
+                                          r"samples x seq_len = 4000 x 256 = 1024000$"):
+        builders.build(recipe)
+    assert not variants.variant_dir("gptq-calibration-too-long").exists()
