@@ -127,7 +127,7 @@ def floors(store: Store, section: str = "reference") -> dict:
 
 
 def _floor_text(f: Figure | None) -> str:
-    return "n/a (not measured)" if f is None or f.value is None else f"{f.value:.2g}"
+    return "-" if f is None or f.value is None else f"{f.value:.2g}"
 
 
 def _floor_marks(f: Figure, metric: str, engine: str, fl: dict) -> str:
@@ -192,8 +192,9 @@ def table(store: Store, section: str = "reference", *, details: bool = False) ->
                 cell += _flip_text(vals, group, metric)
             row.append(cell)
         eng = fl["engine"].get(engine)
-        row.append(f"{'0 (same engine)' if eng is None and engine == 'vllm' else _floor_text(eng)}"
-                   f" / {_floor_text(fl['noise'])}")
+        engine_floor = "0 (same engine)" if eng is None and engine == "vllm" else _floor_text(eng)
+        noise_floor = _floor_text(fl["noise"])
+        row.append("n/a (not measured)" if engine_floor == noise_floor == "-" else f"{engine_floor} / {noise_floor}")
         out.append(row)
     return header, out
 

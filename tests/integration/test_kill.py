@@ -44,7 +44,7 @@ from quantkit.server import free_port
 SEED = int(os.environ.get("QUANTKIT_KILL_SEED", "8"))
 CLEAN_WITHIN_S = 10.0
 Q8 = "smollm2-gguf-q8_0"
-VLLM_OPTS = ["-o", "max_model_len=1024", "-o", "gpu_memory_utilization=0.05"]  # ~1.2 GiB of KV: a light start
+VLLM_OPTS = ["-o", "max_model_len=1024", "-o", "gpu_memory_utilization=0.15"]  # 3.5 of 23.5 GiB: model + KV
 _markers: list[str] = []
 
 
@@ -189,6 +189,14 @@ def _engine_up(run: Run, needle: str | None = None, helpers: bool = False) -> Ca
     return ready
 
 
+def _sleep_while(delay: float, alive: Callable[[], bool]) -> float:
+    """Sleep `delay` s, or less if the anchoring engine goes away first (the kill must find it)."""
+    end = time.monotonic() + delay
+    while time.monotonic() < end and alive():
+        time.sleep(0.1)
+    return delay - max(0.0, end - time.monotonic())
+
+
 def _printed(run: Run, text: str) -> Callable[[], bool]:
     return lambda: text in run.output()
 
@@ -237,9 +245,9 @@ def test_serve_vllm_killed_while_starting(reference, tmp_path, record_property):
     """The issue's case: vLLM's api_server has started its EngineCore when quantkit is killed."""
     rng = _rng("serve-vllm")
     run = Run(["serve", "reference", "--port", str(free_port()), *VLLM_OPTS], tmp_path)
-    run.wait_for("vLLM's engine processes", _engine_up(run, "api_server", helpers=True), 600)
-    delay = rng.uniform(0, 8.0)
-    time.sleep(delay)
+    up = _engine_up(run, "api_server", helpers=True)
+    run.wait_for("vLLM's engine processes", up, 600)
+    delay = _sleep_while(rng.uniform(0, 8.0), up)
     result = run.kill9_and_check()
     assert result["helpers"] >= 1  # the api_server's children existed: exactly what used to be orphaned
     _report(record_property, "serve vLLM", "starting", delay, result)
@@ -278,9 +286,9 @@ def test_llm_compressor_build_killed_while_quantizing(private_models, tmp_path, 
     env, variants = private_models
     rng = _rng("build-int8")
     run = Run(["build", str(paths.recipes_dir() / "smollm2_int8_w8a8.yaml")], tmp_path, env)
-    run.wait_for("the compressor worker", _engine_up(run, "quantkit.workers.compress"), 300)
-    delay = rng.uniform(2.0, 15.0)
-    time.sleep(delay)
+    up = _engine_up(run, "quantkit.workers.compress")
+    run.wait_for("the compressor worker", up, 300)
+    delay = _sleep_while(rng.uniform(2.0, 15.0), up)
     _report(record_property, "build INT8 W8A8", "worker", delay, run.kill9_and_check())
     _no_half_variant(variants, "smollm2-int8-w8a8")
 
@@ -299,9 +307,9 @@ def test_compare_killed_while_vllm_measures_the_reference(q8_variant, compare_db
     """The reference is measured on vLLM first (its server for the serving sweep, then its worker)."""
     rng = _rng("compare-vllm")
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
-    run.wait_for("vLLM's engine processes", _engine_up(run, "vllm", helpers=True), 1200)
-    delay = rng.uniform(0, 20.0)
-    time.sleep(delay)
+    up = _engine_up(run, "vllm", helpers=True)
+    run.wait_for("vLLM's engine processes", up, 1200)
+    delay = _sleep_while(rng.uniform(0, 20.0), up)
     result = run.kill9_and_check(compare_db)
     assert result["helpers"] >= 1
     _report(record_property, "compare vLLM", "engine", delay, result)
@@ -311,9 +319,9 @@ def test_compare_killed_while_vllm_measures_the_reference(q8_variant, compare_db
 def test_compare_resumed_and_killed_while_vllm_worker_measures(q8_variant, compare_db, tmp_path, record_property):
     rng = _rng("compare-vllm-worker")
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
-    run.wait_for("vLLM's worker engine", _engine_up(run, "quantkit.engines.vllm.worker", helpers=True), 1800)
-    delay = rng.uniform(0, 20.0)
-    time.sleep(delay)
+    up = _engine_up(run, "quantkit.engines.vllm.worker", helpers=True)
+    run.wait_for("vLLM's worker engine", up, 1800)
+    delay = _sleep_while(rng.uniform(0, 20.0), up)
     result = run.kill9_and_check(compare_db)
     assert result["helpers"] >= 1
     _report(record_property, "compare vLLM", "worker", delay, result)
@@ -334,9 +342,9 @@ def test_compare_killed_while_llamacpp_serves(q8_variant, llamacpp_compare_db, t
     rng = _rng("compare-llamacpp-server")
     db = llamacpp_compare_db
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(db), *LLAMACPP_ONLY], tmp_path)
-    run.wait_for("llama-server", _engine_up(run, "llama-server"), 900)
-    delay = rng.uniform(0, 5.0)
-    time.sleep(delay)
+    up = _engine_up(run, "llama-server")
+    run.wait_for("llama-server", up, 900)
+    delay = _sleep_while(rng.uniform(0, 5.0), up)
     result = run.kill9_and_check(db)
     assert result["rows"] > 0  # at least the reference's failure row was committed, and must survive
     _report(record_property, "compare llama.cpp", "llama-server", delay, result)
@@ -350,9 +358,9 @@ def test_compare_resumed_and_killed_while_llamacpp_worker_measures(q8_variant, l
     rng = _rng("compare-llamacpp-worker")
     db = llamacpp_compare_db
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(db), *LLAMACPP_ONLY], tmp_path)
-    run.wait_for("the llama.cpp worker", _engine_up(run, "quantkit.engines.llamacpp.worker"), 3600)
-    delay = rng.uniform(0, 10.0)
-    time.sleep(delay)
+    up = _engine_up(run, "quantkit.engines.llamacpp.worker")
+    run.wait_for("the llama.cpp worker", up, 3600)
+    delay = _sleep_while(rng.uniform(0, 10.0), up)
     result = run.kill9_and_check(db)
     assert result["rows"] > 0
     _report(record_property, "compare llama.cpp", "worker", delay, result)

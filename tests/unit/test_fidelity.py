@@ -275,3 +275,26 @@ def test_serving_percentiles():
     assert percentile(values, 50) == pytest.approx(0.5) or percentile(values, 50) == pytest.approx(0.6)
     assert percentile(values, 90) == pytest.approx(0.9)
     assert percentile([3.0], 90) == 3.0
+
+
+def test_the_llama_cpp_workers_reduction_matches_a_float64_log_softmax(synthetic):
+    """engines/llamacpp/worker.reduce_rows (float32 passes, float64 sums) against the float64
+    reference computation, on Zipf-like logits, given ids, and a row whose tail underflows float32."""
+    from quantkit.engines.llamacpp.worker import reduce_rows
+
+    rng, base_logits, tokens = synthetic
+    x = base_logits.astype(np.float32)
+    x[0, :] = -200.0
+    x[0, 7] = 0.0  # everything but token 7 is e^-200 below it: float32's exp underflows
+    truth = topk_from_logits(x.astype(np.float64), tokens, 256)
+    got = reduce_rows(x, tokens, 256)
+    assert np.array_equal(got["ids"][:, 0], truth.ids[:, 0]) and np.array_equal(got["argmax"], truth.argmax)
+    np.testing.assert_allclose(got["logprobs"], truth.logprobs, atol=2e-6)
+    # float32 exp per element (~6e-8 relative each), summed in float64: a few 1e-7 relative
+    np.testing.assert_allclose(got["tail_logprob"], truth.tail_logprob, rtol=1e-6)
+    np.testing.assert_allclose(got["token_logprob"], truth.token_logprob, rtol=1e-7)
+    model = perturb(rng, base_logits, 0.3).astype(np.float32)
+    given = reduce_rows(model, tokens, 256, truth.ids)
+    assert np.array_equal(given["ids"], truth.ids.astype(np.int32))
+    exact = topk_from_logits(model.astype(np.float64), tokens, 256, ids=truth.ids)
+    np.testing.assert_allclose(given["tail_logprob"], exact.tail_logprob, rtol=1e-6)

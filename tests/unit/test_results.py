@@ -205,3 +205,14 @@ def test_overlapping_kld_intervals_are_listed(floors_store):
     assert data["fidelity"]["reference"]["floors"]["noise"]["value"] == 2e-5
     header = next(csv.reader(io.StringIO(leaderboard.to_csv(floors_store))))
     assert "KLD median" in header and leaderboard.FLOOR_COLUMN in header
+
+
+def test_floor_cells_without_floors_name_what_is_missing(tmp_path):
+    s = Store(tmp_path / "n.sqlite")
+    s.put("a", [_fid("q4", "llamacpp", "kld_mean", 0.06, 0.001)])
+    s.put("b", [_fid("awq", "vllm", "kld_mean", 0.06, 0.001)])
+    header, rows = leaderboard.table(s)
+    cells = {r[0]: dict(zip(header, r))[leaderboard.FLOOR_COLUMN] for r in rows}
+    assert cells == {"q4": "n/a (not measured)", "awq": "0 (same engine) / -"}
+    md = leaderboard.to_markdown(s)
+    assert "not measured) / n/a" not in md

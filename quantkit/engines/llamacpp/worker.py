@@ -43,7 +43,7 @@ def main(settings: dict) -> None:
                 finish = "length"
                 text = ""
                 for tok in llm.generate(list(prompt), temp=temperature, top_p=top_p,
-                                        top_k=top_k if top_k > 0 else 0, min_p=0.0, reset=True):
+                                        top_k=max(0, top_k), min_p=0.0, reset=True):
                     if tok == eos or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
                         finish = "stop"
                         break
@@ -84,12 +84,9 @@ def main(settings: dict) -> None:
 
     def topk_logprobs(sequences: list[list[int]], score_from: int, top_k: int,
                       ref_ids: list[dict] | None = None) -> list[dict]:
-        """Fidelity rows (contract in quantkit/evaluation/fidelity.py) from llama.cpp's full logits.
-
-        Per sequence, rows predict tokens score_from..L-1 (logits at positions score_from-1..L-2).
-        Everything is exact over the whole vocabulary, in float64: the log-softmax, the log-probs
-        of the given ids (or of this engine's own top-K), and the tail mass outside them, summed
-        directly over the complement (never as 1 - top-K, which loses tiny tails)."""
+        """Fidelity rows (contract in quantkit/evaluation/fidelity.py) from llama.cpp's full logits:
+        per sequence, rows predict tokens score_from..L-1 (logits at positions score_from-1..L-2);
+        the arithmetic is `reduce_rows`."""
         import numpy as np
 
         from quantkit.workers import arrays
@@ -101,32 +98,14 @@ def main(settings: dict) -> None:
             length = len(seq)
             if not 1 <= score_from < length:
                 raise ValueError(f"score_from {score_from} outside 1..{length - 1} for a sequence of {length} tokens")
-            n = length - score_from
+            ids = arrays.decode(ref_ids[i]) if ref_ids is not None else None
+            if ids is not None and (ids.ndim != 2 or ids.shape[0] != length - score_from):
+                raise ValueError(f"ref_ids[{i}] has shape {ids.shape}, expected ({length - score_from}, K)")
             llm.reset()
             llm.eval(list(seq))
-            logp = np.asarray(llm.scores[score_from - 1:length - 1], dtype=np.float64)
-            logp -= logp.max(axis=1, keepdims=True)
-            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-            if ref_ids is None:
-                k = min(int(top_k), logp.shape[1])
-                part = np.argpartition(-logp, k - 1, axis=1)[:, :k]
-                order = np.argsort(-np.take_along_axis(logp, part, axis=1), axis=1, kind="stable")
-                ids = np.take_along_axis(part, order, axis=1)
-            else:
-                ids = arrays.decode(ref_ids[i]).astype(np.int64)
-                if ids.ndim != 2 or ids.shape[0] != n:
-                    raise ValueError(f"ref_ids[{i}] has shape {ids.shape}, expected ({n}, K)")
-            probs = np.exp(logp)
-            np.put_along_axis(probs, ids, 0.0, axis=1)
-            with np.errstate(divide="ignore"):
-                tail = np.log(probs.sum(axis=1))
-            answers.append({
-                "ids": arrays.encode(ids.astype(np.int32)),
-                "logprobs": arrays.encode(np.take_along_axis(logp, ids, axis=1).astype(np.float32)),
-                "tail_logprob": arrays.encode(tail),
-                "argmax": arrays.encode(logp.argmax(axis=1).astype(np.int32)),
-                "token_logprob": arrays.encode(logp[np.arange(n), np.asarray(seq[score_from:])]),
-            })
+            rows = reduce_rows(np.asarray(llm.scores[score_from - 1:length - 1], dtype=np.float32),
+                               np.asarray(seq[score_from:]), top_k, ids)
+            answers.append({k: arrays.encode(v) for k, v in rows.items()})
         return answers
 
     def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
@@ -213,6 +192,45 @@ def main(settings: dict) -> None:
 
     serve({"generate": generate, "logprobs": logprobs, "topk_logprobs": topk_logprobs, "bench": bench, "memory": memory,
            "info": info}, out)
+
+
+def reduce_rows(logits, targets, top_k: int, ids=None) -> dict:
+    """The contract's arrays for rows of float32 logits [n, V]: log-probs of the given ids (or of
+    the top-K), the exact mass outside them, the argmax and the actual token's log-prob.
+
+    Exact, and cheap enough to run on every scored position: the full-vocabulary passes run once
+    each in float32 (llama.cpp's logits are float32): exp(x - max), the top-K (argpartition), and
+    the complement's sum after zeroing the chosen ids in place, accumulated in float64; so the tail
+    is summed over itself, never obtained as 1 - sum(top-K). The normaliser is tail + top-K and
+    every log is taken in float64 (agreement with a float64 log-softmax ~1e-7 relative). Rows
+    whose whole complement underflows float32's exp (more than ~100 nats below the max) are
+    recomputed in float64. The same reduction as the vLLM worker's (engines/vllm/topk.py)."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float32)
+    n = len(x)
+    m = x.max(axis=1, keepdims=True)
+    m64 = m.astype(np.float64)
+    if ids is None:
+        k = min(int(top_k), x.shape[1])
+        part = np.argpartition(-x, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(x, part, axis=1), axis=1, kind="stable")
+        ids = np.take_along_axis(part, order, axis=1)
+    ids = np.asarray(ids, dtype=np.int64)
+    vals = np.take_along_axis(x, ids, axis=1).astype(np.float64)
+    e = np.exp(x - m)
+    np.put_along_axis(e, ids, 0.0, axis=1)
+    tail_sum = e.sum(axis=1, dtype=np.float64)
+    logz = m64[:, 0] + np.log(tail_sum + np.exp(vals - m64).sum(axis=1))
+    with np.errstate(divide="ignore"):
+        tail = np.log(tail_sum) + m64[:, 0] - logz
+    for r in np.flatnonzero(tail_sum == 0):  # empty complement (stays -inf) or float32 underflow
+        rest = np.delete(x[r].astype(np.float64), ids[r])
+        if rest.size:
+            tail[r] = np.logaddexp.reduce(rest) - logz[r]
+    return {"ids": ids.astype(np.int32), "logprobs": (vals - logz[:, None]).astype(np.float32),
+            "tail_logprob": tail, "argmax": x.argmax(axis=1).astype(np.int32),
+            "token_logprob": x[np.arange(n), np.asarray(targets)].astype(np.float64) - logz}
 
 
 if __name__ == "__main__":
