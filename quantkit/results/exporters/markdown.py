@@ -1,0 +1,49 @@
+"""The markdown leaderboard: one table per reference, reasons footnoted, fidelity in detail,
+probes, the temperature sweep and the conditions."""
+
+from __future__ import annotations
+
+from quantkit.results.exporters.text import (
+    fidelity_lines,
+    footnoted,
+    leaderboard_table,
+    rows,
+)
+from quantkit.results.report import Report, references_first
+
+
+class MarkdownExporter:
+    name = "md"
+    suffix = ".md"
+    description = "markdown tables (the README's leaderboard)"
+
+    def render(self, report: Report) -> str:
+        md = ["# quantkit leaderboard", ""]
+        for section in report.sections:
+            table = leaderboard_table(section)
+            header = table.header()
+            body, reasons = footnoted(rows(table))
+            if len(report.sections) > 1:
+                md += [f"## Compared with {section.reference}", ""]
+            md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
+            if reasons:
+                md += ["", "Why cells are empty:", ""] + [f"- {r.replace('|', '/')}" for r in reasons]
+            md += ["", *fidelity_lines(section), ""]
+            if section.fidelity.rows:
+                dh = section.fidelity.header()
+                md += ["Fidelity in detail (KLD in nats; `vs`: the baseline the model is scored against):", "",
+                       "| " + " | ".join(dh) + " |", "|" + "---|" * len(dh)]
+                md += ["| " + " | ".join(r) + " |" for r in rows(section.fidelity)] + [""]
+        md += ["", "## Probe generations (greedy)", ""]
+        for probe, by_variant in sorted(report.probes.items()):
+            md += [f"### {probe}", "", "| variant | answer |", "|---|---|"]
+            for v, answer in sorted(by_variant.items(), key=lambda kv: references_first(kv[0])):
+                md.append(f"| {v} | {' '.join(answer.split()).replace('|', '/')[:300]} |")
+            md.append("")
+        if report.sweep.rows:
+            sh = report.sweep.header()
+            md += ["## Temperature sweep (GSM8K)", "", "| " + " | ".join(sh) + " |", "|" + "---|" * len(sh)]
+            md += ["| " + " | ".join(r) + " |" for r in rows(report.sweep)] + [""]
+        md += ["## Conditions", ""] + [f"- {line}" for line in report.notes]
+        return "\n".join(md) + "\n"

@@ -1,0 +1,436 @@
+"""The typed leaderboard: sections, rows and cells built once from the results store.
+
+Every judgement the leaderboard makes lives here, once: which rows a section has (a variant is
+compared with the model it was built from; the same variant on two engines is two rows), which
+figure fills a cell, or why none does (a failed group, a failed figure, never measured, measured
+without a value), whether a figure is within noise of the reference's (`tie`), whether it was
+measured under the reference's conditions at all (`comparable`), whether a KLD is one the engine
+or the noise floor alone could produce (`floors`), and the accuracy flips against the reference.
+
+Exporters (quantkit/results/exporters/) only render cells: markdown, CSV and JSON as text
+(`≈ 0.45 ± 0.11 †`, exporters/text.py), the HTML leaderboard with CSS classes and the figure's
+conditions and fingerprint on demand. A new exporter needs nothing from the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from quantkit.evaluation.fidelity import below_floor, intervals_overlap
+from quantkit.evaluation.stats import tie
+from quantkit.results.store import Figure, Store
+from quantkit.sources import is_reference_name
+
+
+@dataclass(frozen=True)
+class Column:
+    """A leaderboard column: one stored figure (group, metric), or a label (variant, engine ...)."""
+    title: str
+    group: str = ""
+    metric: str = ""
+    fmt: str = "{}"
+    higher_is_better: bool | None = None
+    detail: bool = False  # the full statistics (CSV/JSON and on demand), not the markdown table
+
+    @property
+    def is_label(self) -> bool:
+        return not self.metric
+
+
+# (column title, group, metric, format, higher_is_better)
+COLUMNS = [
+    Column("bits/weight", "memory", "bits_per_weight", "{:.2f}", None),
+    Column("size MiB", "memory", "weights_on_disk_mib", "{:.1f}", None),
+    Column("KLD mean", "fidelity", "kld_mean", "{:.4f}", False),
+    Column("KLD vs own engine base", "fidelity", "base_kld_mean", "{:.4f}", False),
+    Column("KLD p99", "fidelity", "kld_p99", "{:.3f}", False),
+    Column("top-1 agree", "fidelity", "top1_agreement", "{:.3f}", True),
+    Column("Δp RMS", "fidelity", "dp_rms", "{:.4f}", False),
+    Column("PPL", "fidelity", "ppl", "{:.2f}", False),
+    Column("PPL ratio", "fidelity", "ppl_ratio", "{:.3f}", False),
+    Column("peak RSS MiB", "memory", "peak_rss_mib", "{:.0f}", None),
+    Column("KV tokens (vLLM: capacity; llama.cpp: n_ctx)", "memory", "kv_capacity_tokens", "{:.0f}", None),
+    Column("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
+    Column("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
+    Column("TTFT ms @1", "serving", "ttft_median_ms@1", "{:.0f}", False),
+    Column("ITL ms @1", "serving", "itl_median_ms@1", "{:.1f}", False),
+    Column("tok/s @4", "serving", "output_tokens_per_s@4", "{:.1f}", True),
+    Column("roofline", "roofline", "fraction_of_bound", "{:.2f}", True),
+]
+FIRST_COLUMNS = 2  # bits/weight and size come before the task columns
+
+# the fidelity statistics in full, for the CSV/JSON table (and the markdown details section)
+DETAIL_COLUMNS = [
+    Column("KLD median", "fidelity", "kld_median", "{:.5f}", False, detail=True),
+    Column("KLD p90", "fidelity", "kld_p90", "{:.4f}", False, detail=True),
+    Column("KLD max", "fidelity", "kld_max", "{:.3f}", False, detail=True),
+    Column("Δp mean", "fidelity", "dp_mean", "{:.4f}", None, detail=True),
+    Column("base KLD p99", "fidelity", "base_kld_p99", "{:.3f}", False, detail=True),
+    Column("base top-1 agree", "fidelity", "base_top1_agreement", "{:.3f}", True, detail=True),
+    Column("base PPL ratio", "fidelity", "base_ppl_ratio", "{:.3f}", False, detail=True),
+]
+FLOOR_COLUMN = "floors KLD engine / noise"
+LABELS = [Column("variant"), Column("engine"), Column("KV cache")]
+
+
+@dataclass(frozen=True)
+class Flips:
+    """Per-question changes of a task score against the reference, with the exact McNemar p."""
+    lost: float
+    gained: float
+    p: float
+
+
+@dataclass
+class Cell:
+    """One leaderboard cell. Either a label (`label`), a figure (`value` ± `uncertainty` over `n`
+    samples, formatted with `fmt`), a composite of parts shown side by side (`parts`), or missing
+    (`value` None, `reason` says why; `failed` when a measurement failed rather than never ran)."""
+    value: float | None = None
+    uncertainty: float | None = None
+    n: int | None = None
+    unit: str | None = None
+    fmt: str = "{}"
+    label: str | None = None
+    tie: bool = False  # within 1.96 combined standard errors of the reference's figure ("≈")
+    comparable: bool = True  # False: measured under other conditions than the reference's ("†")
+    floors: tuple[str, ...] = ()  # "≤E": within the engine floor; "≤N": within the noise floor
+    flips: Flips | None = None
+    reason: str | None = None
+    failed: bool = False
+    figure: Figure | None = None  # where the value came from: conditions, settings, fingerprint
+    parts: tuple[Cell, ...] = ()
+    show_uncertainty: bool = True
+    show_n: bool = False
+
+    @property
+    def missing(self) -> bool:
+        return self.label is None and not self.parts and self.value is None
+
+
+def label(text: str) -> Cell:
+    return Cell(label=text)
+
+
+def missing(reason: str, *, failed: bool = False, figure: Figure | None = None) -> Cell:
+    return Cell(reason=reason, failed=failed, figure=figure)
+
+
+def of(f: Figure | None, fmt: str, *, reason: str = "not measured", **kw) -> Cell:
+    """A figure's cell, or a missing one saying `reason` when there is no figure or it has no value."""
+    if f is None or f.value is None:
+        return Cell(reason=reason, figure=f, n=f.n if f is not None else None, **kw)
+    return Cell(value=f.value, uncertainty=f.uncertainty, n=f.n, unit=f.unit, fmt=fmt, figure=f, **kw)
+
+
+@dataclass
+class Row:
+    variant: str
+    engine: str
+    reference: bool  # the section's reference model itself
+    cells: list[Cell]
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+
+    def header(self) -> list[str]:
+        return [c.title for c in self.columns]
+
+    def select(self, keep) -> Table:
+        """The same table with only the columns `keep(column)` accepts."""
+        idx = [i for i, c in enumerate(self.columns) if keep(c)]
+        return Table([self.columns[i] for i in idx],
+                     [Row(r.variant, r.engine, r.reference, [r.cells[i] for i in idx]) for r in self.rows])
+
+
+@dataclass
+class Floors:
+    """The section's KLD floors: the reference re-scored against itself (noise), and each engine's
+    unquantized baseline against the reference (engine)."""
+    noise: Figure | None = None
+    engine: dict[str, Figure] = field(default_factory=dict)
+
+
+@dataclass
+class Section:
+    reference: str  # the model the section's variants are compared with
+    table: Table  # the leaderboard table, detail columns included (Column.detail)
+    fidelity: Table  # one row per (model, baseline it is scored against)
+    floors: Floors
+    overlapping: list[tuple[str, str]]  # variants whose KLD 95% intervals overlap
+
+
+@dataclass
+class Report:
+    sections: list[Section]
+    probes: dict[str, dict[str, str]]  # probe -> variant -> greedy answer
+    sweep: Table
+    notes: list[str]
+    figures: list[Figure]
+
+
+# ---------------------------------------------------------------- building
+
+
+def section_of(f: Figure) -> str:
+    return f.conditions.get("compared_with", "reference")
+
+
+def references_first(name: str) -> tuple[bool, str]:
+    return not is_reference_name(name), name
+
+
+def section_names(figs: list[Figure]) -> list[str]:
+    """One table per reference model (a variant is compared with the model it was built from)."""
+    return sorted({section_of(f) for f in figs}, key=lambda r: (r != "reference", r)) or ["reference"]
+
+
+def task_columns(figs: list[Figure]) -> list[Column]:
+    """One column per task metric (not its per-question companions `metric:per_doc`, `:lost`...)."""
+    tasks = sorted({(f.group, f.metric) for f in figs
+                    if f.group.startswith("task:") and f.status == "ok" and ":" not in f.metric})
+    return [Column(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
+
+
+def comparable(f: Figure, r: Figure) -> bool:
+    """Measured the same way as the reference's figure (same group setup; offline speed also needs the
+    same engine, whose batching differs)?"""
+    if f.conditions.get("setup") != r.conditions.get("setup"):
+        return False
+    return f.group != "speed" or f.engine == r.engine
+
+
+def within_noise(f: Figure, r: Figure, vals: dict) -> bool:
+    if f.metric == "ppl" and ("fidelity", "ppl_ratio") in vals:  # paired: the same tokens for both
+        ratio = vals[("fidelity", "ppl_ratio")]
+        return ratio.uncertainty is not None and tie(_value(ratio), ratio.uncertainty, 1.0, 0.0)
+    return tie(_value(f), f.uncertainty, _value(r), r.uncertainty)
+
+
+def _value(f: Figure) -> float:
+    """The value of a figure known to have one (the caller checked `value is not None`)."""
+    assert f.value is not None, f
+    return f.value
+
+
+def floors(figs: list[Figure], section: str = "reference") -> Floors:
+    out = Floors()
+    for f in figs:
+        if section_of(f) != section or f.status != "ok" or f.group != "fidelity":
+            continue
+        if f.metric == "noise_kld_mean" and f.variant == section:
+            out.noise = f
+        role = str(f.conditions.get("role", ""))
+        if f.metric == "kld_mean" and role.startswith("engine baseline of "):
+            out.engine[f.engine] = f
+    return out
+
+
+def floor_marks(f: Figure, metric: str, engine: str, fl: Floors) -> tuple[str, ...]:
+    """`≤E`: a KLD from the reference the engine difference alone could produce (a variant on an
+    engine other than the reference's); `≤N`: one the reference's own re-scoring noise could."""
+    marks = []
+    eng = fl.engine.get(engine)
+    value = _value(f)
+    if metric == "kld_mean" and eng is not None and eng.value is not None and eng.variant != f.variant and \
+            below_floor(value, f.uncertainty, eng.value, eng.uncertainty):
+        marks.append("≤E")
+    noise = fl.noise
+    if noise is not None and noise.value is not None and value > 0 and \
+            below_floor(value, f.uncertainty, noise.value, noise.uncertainty):
+        marks.append("≤N")
+    return tuple(marks)
+
+
+def flips(vals: dict, group: str, metric: str) -> Flips | None:
+    lost, gained, p = (vals.get((group, f"{metric}:{k}")) for k in ("lost", "gained", "mcnemar_p"))
+    if lost is None or gained is None or p is None:
+        return None
+    return Flips(lost.value, gained.value, p.value)
+
+
+def _floor_part(f: Figure | None) -> Cell:
+    return label("-") if f is None or f.value is None else of(f, "{:.2g}", show_uncertainty=False)
+
+
+def floor_cell(engine: str, fl: Floors) -> Cell:
+    """The floors a row's KLD is read against: its engine's baseline and the noise floor."""
+    eng = fl.engine.get(engine)
+    # vLLM serves the reference itself: a variant on it has no engine difference to the reference
+    engine_part = label("0 (same engine)") if eng is None and engine == "vllm" else _floor_part(eng)
+    noise_part = _floor_part(fl.noise)
+    if engine_part.label == noise_part.label == "-":
+        return missing("not measured")
+    return Cell(parts=(engine_part, noise_part))
+
+
+def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
+    """Rows are (variant, engine): the same variant measured on two engines gets two rows."""
+    figs = [f for f in figs if section_of(f) == section]
+    by: dict[tuple[str, str], dict[tuple[str, str], Figure]] = defaultdict(dict)
+    failures: dict[tuple[str, str], dict] = defaultdict(dict)
+    for fig in figs:
+        key = (fig.variant, fig.engine)
+        if fig.status == "failed":  # a whole group (metric "failed"), or one figure of a group
+            failures[key][fig.group if fig.metric == "failed" else (fig.group, fig.metric)] = fig
+        else:
+            by[key][(fig.group, fig.metric)] = fig
+    names = sorted(set(by) | set(failures), key=lambda k: (k[0] != section, k))
+    cols = COLUMNS[:FIRST_COLUMNS] + task_columns(figs) + COLUMNS[FIRST_COLUMNS:] + DETAIL_COLUMNS
+    refs = [k for k in names if k[0] == section]
+    ref = by.get(refs[0], {}) if refs else {}
+    table = Table(LABELS + cols + [Column(FLOOR_COLUMN)])
+    for key in names:
+        variant, engine = key
+        vals = by.get(key, {})
+        any_fig = next(iter(vals.values()), None)
+        cells = [label(variant), label(engine), label(any_fig.settings.get("kv_cache_type", "?") if any_fig else "?")]
+        for col in cols:
+            group, metric = col.group, col.metric
+            f = vals.get((group, metric))
+            if f is None or f.value is None:
+                failed = failures.get(key, {})
+                # task:* figures come from the "tasks" group, roofline from "serving"
+                source = "tasks" if group.startswith("task:") else "serving" if group == "roofline" else group
+                why = failed.get((group, metric)) or failed.get(group) or failed.get(source)
+                if why is not None:
+                    cells.append(missing(why.reason or "failed", failed=True, figure=why))
+                else:
+                    cells.append(missing("not measured" if f is None else "not reported", figure=f))
+                continue
+            cell = of(f, col.fmt)
+            r = ref.get((group, metric))
+            if variant != section and r is not None and r.value is not None:
+                if not comparable(f, r):
+                    cell.comparable = False
+                elif within_noise(f, r, vals):
+                    cell.tie = True
+            if variant != section and metric in ("kld_mean", "base_kld_mean"):
+                cell.floors = floor_marks(f, metric, engine, fl)
+            if group.startswith("task:"):
+                cell.flips = flips(vals, group, metric)
+            cells.append(cell)
+        cells.append(floor_cell(engine, fl))
+        table.rows.append(Row(variant, engine, variant == section, cells))
+    return table
+
+
+def overlapping_pairs(figs: list[Figure], section: str = "reference", metric: str = "kld_mean") -> list[tuple[str, str]]:
+    """Pairs of models of a section whose KLD 95% intervals (± 1.96 standard errors) overlap: the
+    data cannot order them."""
+    ordered = sorted((f for f in figs if section_of(f) == section and f.group == "fidelity"
+                      and f.metric == metric and f.status == "ok" and f.variant != section
+                      and f.value is not None), key=_value)
+    return [(a.variant, b.variant) for i, a in enumerate(ordered) for b in ordered[i + 1:]
+            if intervals_overlap(_value(a), a.uncertainty, _value(b), b.uncertainty)]
+
+
+_DETAIL_STATS = (("KLD mean", "kld_mean", "{:.4g}"), ("median", "kld_median", "{:.4g}"), ("p90", "kld_p90", "{:.4g}"),
+                 ("p99", "kld_p99", "{:.4g}"), ("max", "kld_max", "{:.4g}"), ("same top-1", "top1_agreement", "{:.4f}"),
+                 ("Δp mean", "dp_mean", "{:.4f}"), ("Δp RMS", "dp_rms", "{:.4f}"), ("PPL ratio", "ppl_ratio", "{:.4f}"))
+
+
+def fidelity_table(figs: list[Figure], section: str = "reference") -> Table:
+    """One row per (model, baseline): the llama-perplexity statistics and KLD by the baseline's
+    top-1 probability."""
+    figs = [f for f in figs if section_of(f) == section and f.group == "fidelity" and f.status == "ok"]
+    by: dict[tuple[str, str], dict[str, Figure]] = defaultdict(dict)
+    for f in figs:
+        by[(f.variant, f.engine)][f.metric] = f
+    buckets = sorted({f.metric.split("@conf=")[1] for f in figs if "@conf=" in f.metric},
+                     key=lambda b: float(b.split("-")[0]))
+    table = Table([Column("variant"), Column("engine"), Column("vs"), Column("n")]
+                  + [Column(t, "fidelity", m, fmt) for t, m, fmt in _DETAIL_STATS]
+                  + [Column(f"KLD @ top-1 p {b}", "fidelity", f"kld_mean@conf={b}", "{:.4g}") for b in buckets])
+    for (variant, engine), m in sorted(by.items(), key=lambda kv: references_first(kv[0][0])):
+        for prefix, vs in (("", "reference"), ("base_", "own engine base"), ("noise_", "itself (noise)")):
+            if prefix + "kld_mean" not in m or (prefix == "base_" and variant == section):
+                continue
+            own = {k[len(prefix):]: f for k, f in m.items() if k.startswith(prefix)}
+            cells = [label(variant), label(engine), label(vs), label(str(own["kld_mean"].n))]
+            cells += [of(own.get(metric), fmt, reason="none") for _, metric, fmt in _DETAIL_STATS]
+            for b in buckets:
+                conf = own.get(f"kld_mean@conf={b}")
+                cells.append(of(conf, "{:.4g}", reason="none", show_n=conf is not None))
+            table.rows.append(Row(variant, engine, variant == section and vs == "reference", cells))
+    return table
+
+
+def sweep_table(figs: list[Figure]) -> Table:
+    """Variants x temperatures: accuracy ± se and diversity per cell."""
+    by: dict[str, dict[str, dict[str, Figure]]] = defaultdict(lambda: defaultdict(dict))
+    engines: dict[str, str] = {}
+    for f in figs:
+        if f.group == "sweep" and f.status == "ok":
+            kind, temp = f.metric.split("@T=")
+            by[f.variant][temp][kind] = f
+            engines[f.variant] = f.engine
+    temps = sorted({t for v in by.values() for t in v}, key=float)
+    table = Table([Column("variant")] + [Column(f"T={t} acc / diversity", "sweep", f"accuracy@T={t}", "{:.3f}", True)
+                                         for t in temps])
+    for v in sorted(by, key=references_first):
+        cells = [label(v)]
+        for t in temps:
+            a, d = by[v][t].get("accuracy"), by[v][t].get("diversity")
+            if a and d:
+                cells.append(Cell(parts=(of(a, "{:.3f}"), of(d, "{:.2f}", show_uncertainty=False)),
+                                  value=a.value, uncertainty=a.uncertainty, n=a.n, figure=a))
+            else:
+                cells.append(missing("not measured"))
+        table.rows.append(Row(v, engines[v], is_reference_name(v), cells))
+    return table
+
+
+def probes(figs: list[Figure]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for f in figs:
+        if f.group == "probes" and f.status == "ok":
+            out[f.metric.removeprefix("probe:")][f.variant] = f.text or ""
+    return out
+
+
+def notes(figs: list[Figure]) -> list[str]:
+    if not figs:
+        return ["no figures measured yet"]
+    seen: dict[str, Figure] = {}
+    for f in figs:
+        if f.status == "ok" and f.group not in seen:
+            seen[f.group] = f
+    lines = []
+    fp = figs[0].fingerprint
+    lines.append(f"hardware: {fp.get('hardware')}")
+    for env, versions in fp.get("versions", {}).items():
+        lines.append(f"{env} env: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+    for group, f in sorted(seen.items()):
+        if group.startswith("task:") or group in ("fidelity", "speed", "probes", "serving", "roofline", "sweep"):
+            lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
+    lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
+                 "all losses are relative to it")
+    lines.append("KL divergence: exact over the baseline's top-K token ids plus one tail bucket, with both "
+                 "models' probabilities computed from their full vocabularies (a lower bound on the full KL; "
+                 "quantkit/evaluation/fidelity.py); `KLD mean` is against the reference, `KLD vs own engine base` "
+                 "against the variant's engine's unquantized baseline (llama.cpp: the f16 GGUF; vLLM: the "
+                 "reference itself); `−a/+b p=` after a task accuracy: questions the reference got right and the "
+                 "variant wrong / the reverse, with the exact McNemar p-value; `≈` marks a difference from the reference within 1.96 "
+                 "combined standard errors (PPL: the paired standard error of PPL/PPL(reference) over the same "
+                 "tokens); ± is a standard error, or half the min-max spread for speed; `†` marks a figure "
+                 "measured under other conditions than the reference's (another setup, or offline speed on "
+                 "another engine), which is never marked as a tie")
+    return lines
+
+
+def section(figs: list[Figure], name: str) -> Section:
+    fl = floors(figs, name)
+    return Section(name, main_table(figs, name, fl), fidelity_table(figs, name), fl, overlapping_pairs(figs, name))
+
+
+def build(store: Store) -> Report:
+    """The whole report, read from the store once."""
+    figs = store.figures()
+    return Report([section(figs, name) for name in section_names(figs)], probes(figs), sweep_table(figs),
+                  notes(figs), figs)
