@@ -43,13 +43,18 @@ def bound_tokens_per_s(bandwidth_gbs: float, weights_bytes: float, kv_bytes_per_
 def fraction_of_bound(decode_tokens_per_s: float, bound_tokens_per_s: float) -> float:
     """Measured decode rate over the bound. Above 1 the measurement is broken - a decode cannot read
     its weights faster than memory delivers them (on the 4-layer model, per-event timestamps once
-    gave 97.6) - so it raises instead of returning a figure; the caller records the group failed."""
+    gave 97.6) - so it raises instead of returning a figure; the caller records the roofline failed
+    with this reason."""
     from quantkit.errors import QuantkitError
 
     if not bound_tokens_per_s > 0:
-        raise QuantkitError(f"no memory-bandwidth bound to compare with ({bound_tokens_per_s!r} tok/s)")
+        raise QuantkitError(f"roofline not computed: no memory-bandwidth bound to compare with "
+                            f"({bound_tokens_per_s!r} tok/s)")
+    if not decode_tokens_per_s > 0:
+        raise QuantkitError(f"roofline not computed: decode rate {decode_tokens_per_s!r} tok/s")
     fraction = decode_tokens_per_s / bound_tokens_per_s
-    if not 0 < fraction <= 1:
-        raise QuantkitError(f"decode {decode_tokens_per_s:.1f} tok/s against a bound of {bound_tokens_per_s:.1f} "
-                            f"tok/s gives a fraction of {fraction:.2f}, outside (0, 1]: a broken measurement")
+    if not fraction <= 1:
+        raise QuantkitError(f"broken measurement: the decode rate {decode_tokens_per_s:.1f} tok/s is {fraction:.2f}x "
+                            f"the memory-bandwidth bound {bound_tokens_per_s:.1f} tok/s (a fraction of {fraction:.2f}, "
+                            f"outside (0, 1]: check the serving TPOT, the bytes per token or the bandwidth)")
     return fraction

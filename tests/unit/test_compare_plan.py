@@ -103,7 +103,7 @@ class NumpyEngine:
 def _run(name, engine, role, anchors, worker, windows):
     from types import SimpleNamespace
 
-    from quantkit.evaluation.compare import CompareConfig, Inputs, Run
+    from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run
 
     cfg = CompareConfig(window_len=16, windows=len(windows), top_k=32)
     target = SimpleNamespace(name=name, engine=SimpleNamespace(name=engine), kv_cache_type="f16",
@@ -116,7 +116,8 @@ def _run(name, engine, role, anchors, worker, windows):
 def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
     import random
 
-    from quantkit.evaluation.compare import Anchors, _rows_file, measure_fidelity
+    from quantkit.evaluation.groups.fidelity import measure_fidelity, rows_file
+    from quantkit.evaluation.groups.run import Anchors
 
     rnd = random.Random(0)
     windows = [[rnd.randrange(512) for _ in range(16)] for _ in range(6)]
@@ -127,12 +128,12 @@ def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
     assert ref["kld_mean"].value == 0.0 and ref["base_kld_mean"].value == 0.0
     assert ref["noise_kld_mean"].value == 0.0  # a deterministic engine: re-scoring changes nothing
     assert ref_engine.calls == [6, 1, 1, 1, 1, 1, 1]  # all windows in one call, then one per call (noise floor)
-    assert _rows_file("key-reference").exists()
+    assert rows_file("key-reference").exists()
 
     f16 = {f.metric: f for f in measure_fidelity(_run("f16", "llamacpp", "baseline", anchors, NumpyEngine(0.05, 2),
                                                       windows))}
     assert f16["kld_mean"].value > 0 and f16["base_kld_mean"].value == 0.0  # engine floor; itself
-    assert f16["kld_mean"].conditions["role"] == "engine baseline of llamacpp" and _rows_file("key-f16").exists()
+    assert f16["kld_mean"].conditions["role"] == "engine baseline of llamacpp" and rows_file("key-f16").exists()
 
     q = {f.metric: f for f in measure_fidelity(_run("q4", "llamacpp", "variant", anchors, NumpyEngine(0.3, 3),
                                                     windows))}
@@ -156,11 +157,11 @@ def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
 def test_a_new_baseline_rows_file_replaces_the_old_one(tmp_home):
     import numpy as np
 
-    from quantkit.evaluation.compare import _rows_file, _save_rows
     from quantkit.evaluation.fidelity import topk_from_logits
+    from quantkit.evaluation.groups.fidelity import rows_file, save_rows
 
     rows = topk_from_logits(np.zeros((2, 8)), np.array([0, 1]), 4)
-    _save_rows(rows, "old", "reference|vllm|setup")
-    _save_rows(rows, "other", "reference|vllm|quick")
-    _save_rows(rows, "new", "reference|vllm|setup")
-    assert not _rows_file("old").exists() and _rows_file("new").exists() and _rows_file("other").exists()
+    save_rows(rows, "old", "reference|vllm|setup")
+    save_rows(rows, "other", "reference|vllm|quick")
+    save_rows(rows, "new", "reference|vllm|setup")
+    assert not rows_file("old").exists() and rows_file("new").exists() and rows_file("other").exists()
