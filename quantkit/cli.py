@@ -178,23 +178,33 @@ def compare(
 
 @app.command()
 def leaderboard(
-    format_: str = typer.Option("md", "--format", help="md | csv | json"),
+    format_: str = typer.Option("md", "--format", help="export format, from the exporter registry "
+                                "(quantkit/results/exporters): md, csv, json, html, or any registered one; "
+                                "--formats lists them"),
     out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of printing"),
     plots: Optional[str] = typer.Option(None, "--plots", help="write PNG plots into this folder"),
     db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
+    formats: bool = typer.Option(False, "--formats", help="list the registered export formats and exit"),
 ) -> None:
-    """Export the stored results as a markdown/csv/json leaderboard, with optional plots."""
+    """Export the stored results as a leaderboard in any registered format (markdown, CSV, JSON, a
+    self-contained HTML page, ...), with optional plots."""
     from pathlib import Path
 
-    from quantkit.results import leaderboard as lb
+    from quantkit.results import exporters
     from quantkit.results.store import Store
 
-    if format_ not in lb.FORMATS:
-        console.print(f"[red]error:[/] unknown format {format_!r}; choose md, csv or json")
+    if formats:
+        for name in exporters.names():
+            exporter = exporters.get(name)
+            print(f"{name}\t{exporter.suffix}\t{exporter.description}")
+        return
+    if format_ not in exporters.names():
+        console.print(f"[red]error:[/] unknown format {format_!r}; choose one of: {', '.join(exporters.names())}")
         raise typer.Exit(2)
     store = Store(Path(db) if db else None)
-    text = lb.FORMATS[format_](store)
+    text = exporters.export(store, format_)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text, encoding="utf-8")
         console.print(f"wrote {out}")
     else:

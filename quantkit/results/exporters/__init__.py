@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "md": "quantkit.results.exporters.markdown:MarkdownExporter",
     "csv": "quantkit.results.exporters.csv:CsvExporter",
     "json": "quantkit.results.exporters.json:JsonExporter",
+    "html": "quantkit.results.exporters.html:HtmlExporter",
 }
 ENTRY_POINT_GROUP = "quantkit.exporters"
 
