@@ -133,7 +133,8 @@ SCRIPT = """
 
 
 def _json_script(id_: str, data: object) -> str:
-    blob = json.dumps(data, sort_keys=True, default=str).replace("</", "<\\/")
+    # "<" as \u003c: no `</script>` or `<!--` can end or confuse the script element
+    blob = json.dumps(data, sort_keys=True, default=str).replace("<", "\\u003c")
     return f'<script type="application/json" id="{id_}">{blob}</script>'
 
 
