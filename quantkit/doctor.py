@@ -1,4 +1,8 @@
-"""`quantkit doctor`: what is ready, which versions, what hardware, and the fix for the rest."""
+"""`quantkit doctor`: what is ready, which versions, what hardware, and the fix for the rest.
+
+Environments and engines come from the registries (quantkit.envs.specs, quantkit.engines.registry):
+an engine registered anywhere shows up here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from quantkit import capability, envs, hardware, paths, sources
-from quantkit.envs import data_packages, llamacpp_build
+from quantkit.engines import registry
+from quantkit.envs import data_packages, manager
 
 
 def rows(probe: bool = True) -> list[dict]:
@@ -14,9 +19,12 @@ def rows(probe: bool = True) -> list[dict]:
     for spec in envs.specs():
         st = envs.status(spec, probe=probe)
         detail = ", ".join(f"{k} {v}" for k, v in st.versions.items() if v)
-        if spec.needs_llamacpp_build and llamacpp_build.is_built():
-            info = llamacpp_build.built_info()
-            detail += f"; tools: {', '.join(llamacpp_build.TOOLS)} ({info.get('llama_cpp_build') or 'built'})"
+        build = manager.native_build(spec)
+        if build is not None and build.is_built():
+            detail += f"; {build.doctor_detail()}"
+        if spec.external:
+            detail = f"{detail}; " if detail else ""
+            detail += f"uses {spec.python}"
         out.append({"component": spec.name, "ready": st.ready, "detail": detail or spec.purpose,
                     "fix": None if st.ready else f"{st.problem}: run `{st.fix}`", "path": str(st.path)})
     data_ok = data_packages.is_ready()
@@ -27,6 +35,16 @@ def rows(probe: bool = True) -> list[dict]:
     out.append({"component": "reference", "ready": ref_ok,
                 "detail": f"{sources.EMBEDDED_NAME} (bf16, dequantized Q4_1)",
                 "fix": None if ref_ok else "run `quantkit setup --engines reference`", "path": str(sources.embedded_dir())})
+    return out
+
+
+def engine_rows() -> list[dict]:
+    """Every registered engine: the formats it runs, its environment, its worker."""
+    out = []
+    for e in registry.engines():
+        default_for = sorted(f for f in e.formats if registry.for_format(f) is e)
+        out.append({"engine": e.name, "label": e.display_name, "formats": sorted(e.formats),
+                    "default_for": default_for, "env": e.env, "worker": e.worker_module})
     return out
 
 
@@ -41,6 +59,14 @@ def show(console: Console, probe: bool = True) -> bool:
         all_ok &= r["ready"]
         table.add_row(r["component"], "[green]yes" if r["ready"] else "[red]no", r["detail"], r["fix"] or "")
     console.print(table)
+    engines = Table(title="engines")
+    for col in ("engine", "formats (default for)", "environment", "worker"):
+        engines.add_column(col, overflow="fold")
+    for e in engine_rows():
+        formats = ", ".join(f + (" *" if f in e["default_for"] else "") for f in e["formats"])
+        engines.add_row(f"{e['engine']} ({e['label']})" if e["label"] != e["engine"] else e["engine"], formats,
+                        e["env"], e["worker"])
+    console.print(engines)
     show_capability(console, hw)
     return all_ok
 

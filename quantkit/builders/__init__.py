@@ -1,4 +1,4 @@
-"""Build a variant from a recipe: one builder module per method family, one atomic folder each."""
+"""Build a variant from a recipe: one builder per method kind (quantkit.builders.registry), one atomic folder each."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from quantkit import atomic, paths, sources, variants
+from quantkit.builders import registry
 from quantkit.envs.steps import track_peak_rss
 from quantkit.recipes import Recipe
 
@@ -17,17 +18,8 @@ Builder = Callable[[Recipe, sources.Source, Path, Progress, TaskID], dict]
 
 
 def _builder(kind: str) -> Builder:
-    if kind in ("awq", "gptq", "fp8", "int8"):
-        from quantkit.builders import llmcompressor
-
-        return llmcompressor.build
-    if kind == "gguf":
-        from quantkit.builders import gguf
-
-        return gguf.build
-    from quantkit.builders import bnb
-
-    return bnb.build
+    """The build function registered for method `kind` (ConfigError naming the known kinds if none)."""
+    return registry.get(kind).function()
 
 
 def _reusable(recipe: Recipe, source: sources.Source) -> variants.Variant | None:
@@ -43,8 +35,12 @@ def warn_if_unservable(recipe: Recipe, console: Console) -> str | None:
     run it on this machine; the build still goes on (the variant may be meant for another machine)."""
     from quantkit import capability, hardware
 
-    scheme = capability.scheme_of_recipe(recipe.method)
-    verdict = capability.verdict("llamacpp" if scheme == "GGUF" else "vllm", scheme, hardware.detect())
+    try:
+        scheme = capability.scheme_of_recipe(recipe.method)
+    except KeyError:  # a method kind capability's table does not know: nothing to say
+        return None
+    engine = registry.for_method(recipe.method).engine(recipe.method)
+    verdict = capability.verdict(engine.name, scheme, hardware.detect())
     if verdict.ok:
         return None
     console.print(f"[yellow]warning[/]: {recipe.name} is built, but cannot be served on this machine: "
@@ -57,6 +53,7 @@ def build(recipe: Recipe, *, recipe_file: str | None = None, force: bool = False
     """Build `recipe` (or reuse an identical finished build). Returns (variant, reused)."""
     from quantkit.builders.common import manifest_skeleton
 
+    registry.for_method(recipe.method, recipe_file or recipe.name)  # an unknown kind fails before any work
     source = sources.resolve(recipe.source)
     atomic.sweep_partials(paths.variants_dir())
     if not force and (existing := _reusable(recipe, source)):

@@ -6,16 +6,20 @@ from pathlib import Path
 
 from rich.progress import Progress, TaskID
 
-from quantkit.recipes import Recipe
+from quantkit.engines import registry
+from quantkit.recipes import BnbMethod, Recipe
 from quantkit.sources import Source
+
+FORMAT = "bnb-on-load"
 
 
 def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: TaskID) -> dict:
     m = recipe.method
+    assert isinstance(m, BnbMethod)
     progress.update(task, status="recording load settings (bitsandbytes quantizes on load)")
     return {
-        "format": "bnb-on-load",
-        "engine": "vllm",
+        "format": FORMAT,
+        "engine": registry.for_format(FORMAT).name,
         "requires": "CUDA (bitsandbytes kernels); vLLM quantizes the source weights at load time",
         # vLLM's bitsandbytes loader quantizes to NF4 with double quantization (the recipe refuses
         # anything else); the compute dtype reaches vLLM as its `dtype` (quantkit.loader.bnb_settings).

@@ -10,7 +10,7 @@ from pathlib import Path
 from quantkit import evaldata, hardware
 from quantkit.calibration import PACKING
 from quantkit.envs import manager
-from quantkit.envs.specs import ENGINE_NAMES
+from quantkit.envs.specs import env_names
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.recipes import Calibration, Recipe
 from quantkit.sources import Source
@@ -71,5 +71,5 @@ def manifest_skeleton(recipe: Recipe, source: Source, recipe_file: str | None) -
         "build_revision": build_revision(recipe),
         "built_on": {"hardware": hw.describe(), "python": platform.python_version()},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "quantkit_envs": {n: env_versions(n) for n in ENGINE_NAMES},
+        "quantkit_envs": {n: env_versions(n) for n in env_names()},
     }

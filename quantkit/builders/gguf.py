@@ -11,13 +11,14 @@ from rich.progress import Progress, TaskID
 from quantkit import paths
 from quantkit.builders.common import calibration_record, folder_bytes, write_calibration
 from quantkit.builders.gguf_convert import convert_hf_to_gguf
+from quantkit.engines import registry
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import runtime_env
 from quantkit.envs.run import run_worker
 from quantkit.envs.steps import run_logged
-from quantkit.errors import ConfigError, EngineError, QuantkitError
+from quantkit.errors import EngineError
 from quantkit.hardware import detect
-from quantkit.recipes import Recipe
+from quantkit.recipes import GgufMethod, Recipe
 from quantkit.sources import Source, materialize
 
 
@@ -52,14 +53,10 @@ def imatrix(recipe: Recipe, source_dir: Path, base: Path, out_file: Path, work: 
     write_calibration(calib, work / "calibration.jsonl")
     text_file = work / "calibration.txt"
     progress.update(task, status="packing calibration text")
-    try:
-        packed = run_worker("compressor", "quantkit.calibration",
-                            [source_dir, work / "calibration.jsonl", str(calib.samples), str(calib.seq_len), text_file],
-                            log, progress=progress, task=task)
-    except QuantkitError as e:
-        if "QUANTKIT_ERROR " in str(e):
-            raise ConfigError(str(e).split("QUANTKIT_ERROR ", 1)[1].splitlines()[0]) from None
-        raise
+    # too little text ends the worker with a structured error line: run_worker raises a ConfigError
+    packed = run_worker("compressor", "quantkit.calibration",
+                        [source_dir, work / "calibration.jsonl", str(calib.samples), str(calib.seq_len), text_file],
+                        log, progress=progress, task=task)
     progress.update(task, status="llama-imatrix")
     start = log.stat().st_size
     run_logged([llamacpp_build.tool("llama-imatrix"), "-m", base, "-f", text_file, "-o", out_file,
@@ -72,6 +69,7 @@ def imatrix(recipe: Recipe, source_dir: Path, base: Path, out_file: Path, work: 
 
 def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: TaskID) -> dict:
     m = recipe.method
+    assert isinstance(m, GgufMethod)
     # llama.cpp's converter reads a local checkpoint: a hub source is downloaded first
     source_dir = materialize(source)
     log = paths.cache_dir() / "logs" / f"build-{recipe.name}.log"
@@ -96,7 +94,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
     t = time.time()
     target = out / f"model-{m.type}.gguf"
     progress.update(task, status=f"llama-quantize {m.type}")
-    cmd = [llamacpp_build.tool("llama-quantize")]
+    cmd: list[str | Path] = [llamacpp_build.tool("llama-quantize")]
     if imatrix_file:
         cmd += ["--imatrix", imatrix_file]
     cmd += [base, target, m.type, threads]
@@ -111,7 +109,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
     info = inspect(target, log)
     return {
         "format": "gguf",
-        "engine": "llamacpp",
+        "engine": registry.for_format("gguf").name,
         "gguf_file": target.name,
         "gguf_type": m.type,
         "imatrix": m.imatrix,

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.progress import Progress, TaskID
 
 from quantkit import paths, safetensors_info
-from quantkit.builders import groups
+from quantkit.builders import groups, registry
 from quantkit.builders.common import calibration_record, folder_bytes, write_calibration
 from quantkit.envs.run import run_worker
 from quantkit.errors import ConfigError, QuantkitError
@@ -24,7 +24,7 @@ from quantkit.sources import Source
 def precheck(recipe: Recipe, source: Source) -> None:
     """Fail before any work: group sizes against the model's widths, AWQ backend availability."""
     m = recipe.method
-    if m.kind == "awq" and m.backend == "autoawq" and not detect().has_cuda:
+    if m.kind == "awq" and getattr(m, "backend", None) == "autoawq" and not detect().has_cuda:
         raise ConfigError("method.backend 'autoawq' needs CUDA: AutoAWQ builds and runs only on NVIDIA GPUs "
                           "(and is archived upstream)", hint="use `--set method.backend=llmcompressor`, which runs on CPU")
     group = getattr(m, "group_size", None)
@@ -47,19 +47,14 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
         spec["calibration_file"] = str(work / "calibration.jsonl")
         write_calibration(recipe.calibration, work / "calibration.jsonl")
     (work / "spec.json").write_text(json.dumps(spec))
-    autoawq = recipe.method.kind == "awq" and recipe.method.backend == "autoawq"
+    autoawq = recipe.method.kind == "awq" and getattr(recipe.method, "backend", None) == "autoawq"
     env, module = ("autoawq", "quantkit.workers.autoawq_quantize") if autoawq else \
         ("compressor", "quantkit.workers.compress")
     progress.update(task, status=f"{'AutoAWQ' if autoawq else 'llm-compressor oneshot'} ({recipe.method.kind})")
     log = paths.cache_dir() / "logs" / f"build-{recipe.name}.log"
-    try:
-        result = run_worker(env, module, [work / "spec.json"], log, progress=progress, task=task)
-    except QuantkitError as e:
-        marker = "QUANTKIT_ERROR "
-        text = str(e)
-        if marker in text:
-            raise ConfigError(text[text.index(marker) + len(marker):].splitlines()[0]) from None
-        raise
+    # a recipe the worker finds unworkable ends it with a structured error line: run_worker raises it
+    # as a ConfigError naming the field (quantkit.workers.contract.fail)
+    result = run_worker(env, module, [work / "spec.json"], log, progress=progress, task=task)
     for f in work.iterdir():
         f.unlink()
     work.rmdir()
@@ -71,9 +66,10 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
         if not result.get("calibration"):
             raise QuantkitError(f"{module} did not report its packed calibration; see {log}")
         calibration = calibration_record(recipe.calibration, result["calibration"])
+    spec_of = registry.for_method(recipe.method)
     return {
-        "format": "awq" if autoawq else "compressed-tensors",
-        "engine": "vllm",
+        "format": spec_of.format_of(recipe.method),
+        "engine": spec_of.engine(recipe.method).name,
         "quantization_config": config.get("quantization_config"),
         **calibration,
         "worker": result,

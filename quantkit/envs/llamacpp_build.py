@@ -24,6 +24,9 @@ from quantkit.hardware import Hardware, detect
 
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-bench", "llama-server")
 MARKER = ".quantkit-built.json"
+# As an env's native build (EnvSpec.native_build): what it is, its key in the env's marker.
+WHAT = "llama.cpp tools"
+MARKER_KEY = "llama_cpp"
 
 
 def cuda_architectures(hw: Hardware) -> str:
@@ -94,6 +97,11 @@ def converter() -> tuple[Path, Path]:
 def built_info() -> dict:
     marker = build_dir() / MARKER
     return json.loads(marker.read_text()) if marker.exists() else {}
+
+
+def doctor_detail() -> str:
+    """What `doctor` adds to the env's row once built."""
+    return f"tools: {', '.join(TOOLS)} ({built_info().get('llama_cpp_build') or 'built'})"
 
 
 def _fetch_source(log: Path, progress: Progress, task: TaskID) -> None:

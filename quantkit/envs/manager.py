@@ -19,10 +19,9 @@ from pathlib import Path
 from rich.progress import Progress, TaskID
 
 from quantkit import paths
-from quantkit.envs import llamacpp_build
 from quantkit.envs.specs import REQUIREMENTS_DIR, EnvSpec, spec
 from quantkit.envs.steps import run_logged
-from quantkit.errors import EngineMissingError, QuantkitError
+from quantkit.errors import ConfigError, EngineMissingError, QuantkitError
 from quantkit.hardware import detect
 
 MARKER = ".quantkit-ready.json"
@@ -43,6 +42,15 @@ def env_dir(name: str) -> Path:
     return paths.envs_dir() / name
 
 
+def native_build(s: EnvSpec):
+    """The module of the env's native build (EnvSpec.native_build), or None."""
+    if not s.native_build:
+        return None
+    import importlib
+
+    return importlib.import_module(s.native_build)
+
+
 def _python(path: Path) -> Path:
     return path / "bin" / "python"
 
@@ -61,8 +69,10 @@ def read_marker(name: str) -> dict | None:
 
 def status(s: EnvSpec, *, probe: bool = False) -> EnvStatus:
     """Is the env ready? With `probe`, also import its main module inside it (slower, certain)."""
-    path = env_dir(s.name)
     fix = f"quantkit setup --engines {s.name}"
+    if s.external:
+        return _external_status(s, probe=probe)
+    path = env_dir(s.name)
     marker = read_marker(s.name)
     if marker is None:
         problem = "not created" if not path.exists() else "incomplete (creation did not finish)"
@@ -70,9 +80,10 @@ def status(s: EnvSpec, *, probe: bool = False) -> EnvStatus:
     if marker.get("requirements_hash") != requirements_hash(s):
         return EnvStatus(s.name, path, False, marker.get("versions", {}),
                          problem=f"requirements changed since creation ({s.requirements})", fix=fix)
-    if s.needs_llamacpp_build and not llamacpp_build.is_built():
+    build = native_build(s)
+    if build is not None and not build.is_built():
         return EnvStatus(s.name, path, False, marker.get("versions", {}),
-                         problem="llama.cpp tools are not built", fix=fix)
+                         problem=f"{build.WHAT} is not built", fix=fix)
     versions = marker.get("versions", {})
     if probe:
         try:
@@ -80,6 +91,22 @@ def status(s: EnvSpec, *, probe: bool = False) -> EnvStatus:
         except ProbeFailed as e:
             return EnvStatus(s.name, path, False, versions, problem=str(e), fix=f"{fix} --force")
     return EnvStatus(s.name, path, True, versions)
+
+
+def _external_status(s: EnvSpec, *, probe: bool) -> EnvStatus:
+    """An env that is an existing interpreter: ready when it exists (and, probed, imports its module)."""
+    assert s.python is not None
+    py = Path(s.python)
+    if not py.exists():
+        return EnvStatus(s.name, py, False, problem=f"interpreter {py} does not exist",
+                         fix=f"install {s.name} at {py}")
+    versions: dict[str, str | None] = {}
+    if probe:
+        try:
+            versions = _probe(s)
+        except ProbeFailed as e:
+            return EnvStatus(s.name, py, False, problem=str(e), fix=f"install {s.import_check} for {py}")
+    return EnvStatus(s.name, py, True, versions)
 
 
 class ProbeFailed(Exception):
@@ -101,7 +128,7 @@ print(json.dumps(out))
 
 def _probe(s: EnvSpec) -> dict[str, str | None]:
     proc = subprocess.run(
-        [str(_python(env_dir(s.name))), "-c", _PROBE, s.import_check, *s.versions_of],
+        [str(Path(s.python) if s.python else _python(env_dir(s.name))), "-c", _PROBE, s.import_check, *s.versions_of],
         check=False, capture_output=True, text=True, timeout=300, env=runtime_env(s.name),
     )
     if proc.returncode != 0:
@@ -111,58 +138,38 @@ def _probe(s: EnvSpec) -> dict[str, str | None]:
 
 
 def runtime_env(name: str) -> dict[str, str]:
-    """Environment variables for any process that runs inside engine env `name`."""
+    """Environment variables for any process that runs inside env `name` (its EnvSpec adds its own)."""
     import os
 
+    try:
+        s: EnvSpec | None = spec(name, detect())
+    except ConfigError:  # not an env quantkit knows, or one this hardware cannot have
+        s = None
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONPATH"] = str(paths.REPO_ROOT)  # lets the env import quantkit's worker modules
-    env["VIRTUAL_ENV"] = str(env_dir(name))
-    env["PATH"] = f"{env_dir(name) / 'bin'}:{env.get('PATH', '')}"
+    if s is None or not s.external:
+        env["VIRTUAL_ENV"] = str(env_dir(name))
+        env["PATH"] = f"{env_dir(name) / 'bin'}:{env.get('PATH', '')}"
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
-    if name == "llamacpp":
-        env["LLAMA_CPP_LIB_PATH"] = str(llamacpp_build.bin_dir())
-    if name == "vllm" and not detect().has_cuda:
-        for key, value in vllm_cpu_env().items():
-            env.setdefault(key, value)  # what the user set wins
-        preload = preload_libs(name) if os.environ.get("QUANTKIT_VLLM_PRELOAD", "1") != "0" else []
-        if preload:
-            env["LD_PRELOAD"] = ":".join([*map(str, preload), *filter(None, [env.get("LD_PRELOAD")])])
+    if s is None:
+        return env
+    env.update(s.env_vars)
+    for key, value in s.env_defaults.items():
+        env.setdefault(key, value)  # what the user set wins
+    preload = preload_libs(s) if not (s.preload_switch and os.environ.get(s.preload_switch, "1") == "0") else []
+    if preload:
+        env["LD_PRELOAD"] = ":".join([*map(str, preload), *filter(None, [env.get("LD_PRELOAD")])])
     return env
 
 
-def vllm_cpu_env() -> dict[str, str]:
-    """How vllm-cpu 0.32 gets a compile cache that loads (measured; README "vLLM start-up on CPU").
-
-    On CPU vLLM compiles with the stock "inductor" backend (platforms/cpu.py: mode DYNAMO_TRACE_ONCE).
-    Its AOT compile cache (default since torch 2.10) saves that graph, but loading it fails on every
-    start: torch 2.13 wraps the inductor result in BundledAOTAutogradSerializableCallable, whose
-    loader returns a plain function, and vLLM then calls `.finalize_loading()` on it, a method only
-    its own VllmSerializableFunction (the GPU path) has (vllm/compilation/decorators.py:315): "Compiling
-    model again due to a load failure ... 'function' object has no attribute 'finalize_loading'".
-    With VLLM_USE_AOT_COMPILE=0 vLLM traces with dynamo at each start (seconds) and inductor's own
-    FX-graph and AOTAutograd caches, kept here under quantkit's cache, serve the compiled code; their
-    hit/miss lines go to the engine's log (TORCH_LOGS), where a test checks that a second start hits.
-    """
-    return {"VLLM_USE_AOT_COMPILE": "0",
-            "TORCHINDUCTOR_CACHE_DIR": str(paths.cache_dir() / "torchinductor"),
-            "TORCH_LOGS": "torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache"}
-
-
-def preload_libs(name: str) -> list[Path]:
-    """Libraries to LD_PRELOAD for env `name`, as vLLM's CPU guide asks: tcmalloc, then Intel OpenMP
-    (installed by ensure_extras; whichever is missing is left out, and vLLM warns about it).
-    QUANTKIT_VLLM_PRELOAD=0 turns preloading off (to measure its effect)."""
-    lib = env_dir(name) / "lib"
-    if name != "vllm" or not lib.is_dir():
+def preload_libs(s: EnvSpec) -> list[Path]:
+    """Libraries to LD_PRELOAD for env `s` (EnvSpec.preload, in order), those present in its lib/
+    (installed by ensure_extras; whichever is missing is left out)."""
+    lib = env_dir(s.name) / "lib"
+    if not s.preload or not lib.is_dir():
         return []
-    found = []
-    for pattern in ("libtcmalloc_minimal.so.4", "libiomp5.so"):
-        path = lib / pattern
-        if path.exists():
-            found.append(path)
-    return found
+    return [lib / name for name in s.preload if (lib / name).exists()]
 
 
 def python_for(name: str) -> Path:
@@ -173,7 +180,7 @@ def python_for(name: str) -> Path:
         raise EngineMissingError(
             f"the {name} engine environment is not ready: {st.problem}", hint=f"run `{st.fix}`"
         )
-    return _python(env_dir(name))
+    return Path(s.python) if s.python else _python(env_dir(name))
 
 
 def extras_hash(s: EnvSpec) -> str:
@@ -249,6 +256,12 @@ def unpack_debian_lib(package: str, pattern: str, dest: Path, log: Path) -> list
 
 def create(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False) -> EnvStatus:
     """Create env `s` unless it is ready already, then its optional extras. Idempotent; `force` rebuilds it."""
+    if s.external:
+        st = status(s, probe=True)
+        if not st.ready:
+            raise EngineMissingError(f"{s.name}: {st.problem}", hint=st.fix)
+        progress.update(task, status=f"uses {s.python}")
+        return st
     if not force and status(s).ready:
         progress.update(task, status="already ready")
         extras = ensure_extras(s, progress, task)
@@ -258,8 +271,9 @@ def create(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False)
     path = env_dir(s.name)
     log = paths.envs_dir() / f"{s.name}.log"
     t0 = time.time()
-    if s.needs_llamacpp_build:
-        llamacpp_build.build(progress, task)
+    build = native_build(s)
+    if build is not None:
+        build.build(progress, task)
     if path.exists():
         shutil.rmtree(path)
     progress.update(task, status="creating virtual environment")
@@ -282,8 +296,8 @@ def create(s: EnvSpec, progress: Progress, task: TaskID, *, force: bool = False)
         "versions": versions, "python": sys.version.split()[0],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - t0),
     }
-    if s.needs_llamacpp_build:
-        marker["llama_cpp"] = llamacpp_build.built_info()
+    if build is not None:
+        marker[build.MARKER_KEY] = build.built_info()
     (path / MARKER).write_text(json.dumps(marker, indent=2))
     ensure_extras(s, progress, task, force=True)
     return status(s)

@@ -5,7 +5,8 @@ SPEC: {"source": dir or hub id, "method": {...recipe method...}, "calibration": 
        "calibration_file": JSONL of {"text"} passages, in the order to use them | null,
        "out_dir": ...}
 The worker calibrates on CUDA when torch sees a GPU (llm-compressor picks it), else on the CPU.
-Prints one JSON line with what it measured.
+Prints one JSON line with what it measured; a recipe it cannot build ends it with the structured
+error line of quantkit.workers.contract (`fail`), which the builder raises naming the field.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def calibration_dataset(tokenizer, calib: dict, passages_file: str):
         pack_texts,
         read_passages,
     )
+    from quantkit.workers.contract import fail
 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -107,7 +109,7 @@ def calibration_dataset(tokenizer, calib: dict, passages_file: str):
     try:
         seqs, used, _ = pack_texts(encode, read_passages(passages_file), calib["samples"], calib["seq_len"])
     except CalibrationShortError as e:
-        raise SystemExit(f"QUANTKIT_ERROR calibration: {calib['dataset']}: {e}") from None
+        fail(f"{calib['dataset']}: {e}", field="calibration")
     ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(x) for x in seqs]})
     info = {"sequences": len(seqs), "seq_len": calib["seq_len"], "tokens": sum(map(len, seqs)),
             "passages_used": used, "separator": SEPARATOR, "packing": PACKING}
@@ -123,6 +125,7 @@ def main(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantkit.builders.groups import check
+    from quantkit.workers.contract import fail
     from quantkit.workers.cpu_compat import apply as apply_cpu_compat
     from quantkit.workers.cpu_compat import (
         awq_grid,
@@ -155,7 +158,7 @@ def main(spec: dict) -> dict:
     if "group_size" in method:
         problem = check(linear_widths(model), method["group_size"])
         if problem:
-            raise SystemExit(f"QUANTKIT_ERROR method.group_size: {problem}")
+            fail(problem, field="method.group_size")
     n_params = sum(p.numel() for p in model.parameters())
     patched = apply_cpu_compat()
 

@@ -17,7 +17,7 @@ class VllmSettings(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1)
     tensor_parallel_size: int = Field(1, ge=1)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "bfloat16", "float16"] = "auto"
-    # Compiled (False) by default, also on CPU: with the compile cache loading (envs.manager.vllm_cpu_env)
+    # Compiled (False) by default, also on CPU: with the compile cache loading (engines.vllm.engine.vllm_cpu_env)
     # a start after the first costs dynamo tracing + cache hits + a warm-up run (init 81-147 s against
     # 3.7 s eager on 2 loaded cores), and decodes faster: interleaved on the reference (fp32, AVX2,
     # load 21-33), 3.75 vs 2.75 tok/s (1 sequence) and 8.8 vs 6.3 (4 sequences), median of 4 each.

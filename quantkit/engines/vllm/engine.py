@@ -1,22 +1,37 @@
-"""vLLM in the core: settings -> worker arguments and `api_server` command line."""
+"""vLLM in the core: settings, environment, memory figures, worker arguments and `api_server` command line."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from quantkit.engines.base import Engine
+from quantkit import paths
+from quantkit.capability import Verdict
+from quantkit.engines.base import Engine, MemoryFigures
 from quantkit.engines.vllm.config import VllmSettings
 from quantkit.envs.manager import python_for
-
+from quantkit.envs.specs import EnvSpec
+from quantkit.errors import ConfigError
+from quantkit.hardware import Hardware
+from quantkit.workers.contract import MemoryAnswer
 
 _KV_TOKENS = re.compile(r"KV cache size: ([\d,]+) tokens")
+_WEIGHTS_LOADED = re.compile(r"Model loading took ([\d.]+) GiB")
+# quantkit's KV cache names that vLLM has, and its own spelling of the 16-bit ones
+_KV_NAMES = {"auto": "auto", "fp8": "fp8", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2",
+             "f16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
 
 
 def kv_capacity_from_log(text: str) -> int | None:
     """KV cache capacity in tokens, as vLLM logs it at start-up ("... KV cache size: 124,544 tokens")."""
     found = _KV_TOKENS.findall(text)
     return int(found[-1].replace(",", "")) if found else None
+
+
+def weights_loaded_from_log(text: str) -> float | None:
+    """Bytes of weights loaded, as vLLM logs them ("Model loading took 0.25 GiB")."""
+    found = _WEIGHTS_LOADED.findall(text)
+    return float(found[-1]) * 2**30 if found else None
 
 
 def cli_flags(settings: dict) -> list[str]:
@@ -31,12 +46,80 @@ def cli_flags(settings: dict) -> list[str]:
     return flags
 
 
+def vllm_cpu_env() -> dict[str, str]:
+    """How vllm-cpu 0.32 gets a compile cache that loads (measured; README "vLLM start-up on CPU").
+
+    On CPU vLLM compiles with the stock "inductor" backend (platforms/cpu.py: mode DYNAMO_TRACE_ONCE).
+    Its AOT compile cache (default since torch 2.10) saves that graph, but loading it fails on every
+    start: torch 2.13 wraps the inductor result in BundledAOTAutogradSerializableCallable, whose
+    loader returns a plain function, and vLLM then calls `.finalize_loading()` on it, a method only
+    its own VllmSerializableFunction (the GPU path) has (vllm/compilation/decorators.py:315): "Compiling
+    model again due to a load failure ... 'function' object has no attribute 'finalize_loading'".
+    With VLLM_USE_AOT_COMPILE=0 vLLM traces with dynamo at each start (seconds) and inductor's own
+    FX-graph and AOTAutograd caches, kept here under quantkit's cache, serve the compiled code; their
+    hit/miss lines go to the engine's log (TORCH_LOGS), where a test checks that a second start hits.
+    """
+    return {"VLLM_USE_AOT_COMPILE": "0",
+            "TORCHINDUCTOR_CACHE_DIR": str(paths.cache_dir() / "torchinductor"),
+            "TORCH_LOGS": "torch._inductor.codecache,torch._functorch._aot_autograd.autograd_cache"}
+
+
 class VllmEngine(Engine):
     name = "vllm"
+    label = "vLLM"
     env = "vllm"
     worker_module = "quantkit.engines.vllm.worker"
     formats = frozenset({"safetensors", "compressed-tensors", "awq", "bnb-on-load"})
     settings_model = VllmSettings
+    baseline_recipe = None  # vLLM runs the reference itself
+    sampler_order = "temperature, then top-p (vLLM)"
+
+    def map_kv_cache(self, raw: dict, kv: str) -> dict:
+        if kv not in _KV_NAMES:
+            raise ConfigError(f"vLLM has no {kv} KV cache", hint="vLLM offers auto, fp8, fp8_e4m3, fp8_e5m2")
+        return {**raw, "kv_cache_dtype": _KV_NAMES[kv]}
+
+    def kv_cache_type(self, settings: VllmSettings) -> str:
+        return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else "auto (model dtype)"
+
+    def platform_defaults(self, fmt: str, hw: Hardware, schemes: tuple[str, ...] = ()) -> dict:
+        if hw.has_cuda:
+            return {}
+        from quantkit import capability
+
+        # vllm-cpu reads this as the share of the NUMA node's RAM to reserve; 0.92 fails, 0.3 works.
+        return {"gpu_memory_utilization": 0.3, "dtype": capability.vllm_cpu_dtype(hw, schemes)}
+
+    def can_run(self, model_path: Path, fmt: str, hw: Hardware, settings: VllmSettings) -> Verdict:
+        from quantkit import capability
+
+        return capability.check_model(self.name, model_path, fmt, hw, settings.kv_cache_dtype)
+
+    def compare_settings(self, context_len: int) -> dict:
+        # the `logprobs` op (lm-eval's scorer) asks for the top-1; fidelity's topk_logprobs takes
+        # K ids through its own path, so vLLM's prompt log-prob limit does not depend on K
+        return {"max_model_len": context_len, "max_logprobs": 20}
+
+    def env_spec(self, hw: Hardware) -> EnvSpec:
+        if hw.has_cuda:
+            return EnvSpec(
+                name="vllm", purpose="serve HF / compressed-tensors / AWQ / GPTQ / FP8 / INT8 / NF4 (CUDA)",
+                requirements="vllm-cuda.txt", versions_of=("vllm", "torch", "transformers", "compressed-tensors"),
+                import_check="vllm", env_defaults={"VLLM_NO_USAGE_STATS": "1"},
+            )
+        return EnvSpec(
+            name="vllm", purpose="serve HF / compressed-tensors / GPTQ / FP8 / INT8 on CPU (vllm-cpu)",
+            requirements="vllm-cpu.txt", versions_of=("vllm-cpu", "torch", "transformers", "compressed-tensors"),
+            import_check="vllm",
+            remove_after_install=("torchvision", "torchaudio", "torchcodec"),
+            # vLLM's CPU guide: preload tcmalloc and Intel OpenMP (manager.runtime_env does). PyPI has Intel
+            # OpenMP (intel-openmp) but no tcmalloc build; Debian's libtcmalloc-minimal4 has it.
+            extras="vllm-cpu-extras.txt" if hw.machine in ("x86_64", "AMD64") else None,
+            debian_libs=(("libtcmalloc-minimal4", "libtcmalloc_minimal.so.4*"),),
+            env_defaults={"VLLM_NO_USAGE_STATS": "1", **vllm_cpu_env()},
+            # QUANTKIT_VLLM_PRELOAD=0 turns preloading off (to measure its effect)
+            preload=("libtcmalloc_minimal.so.4", "libiomp5.so"), preload_switch="QUANTKIT_VLLM_PRELOAD",
+        )
 
     def worker_settings(self, model_path: Path, settings: VllmSettings) -> dict:
         return {"model": str(model_path), **settings.model_dump(exclude_none=True)}
@@ -49,5 +132,9 @@ class VllmEngine(Engine):
                "--host", host, "--port", str(port)]
         return cmd + cli_flags(settings.model_dump(exclude_none=True))
 
-    def kv_cache_type(self, settings: VllmSettings) -> str:
-        return settings.kv_cache_dtype if settings.kv_cache_dtype != "auto" else "auto (model dtype)"
+    def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
+        # vLLM's memory answer has no capacity or weights: its start-up log states both
+        return MemoryFigures(rss_bytes=int(answer["rss_bytes"]), peak_rss_bytes=int(answer["peak_rss_bytes"]),
+                             weights_loaded_bytes=weights_loaded_from_log(log_text),
+                             kv_capacity_tokens=kv_capacity_from_log(log_text),
+                             kv_capacity_source="vLLM start-up log", pids=tuple(answer.get("pids", ())))
