@@ -197,6 +197,19 @@ def task_columns(figs: list[Figure]) -> list[Column]:
     return [Column(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
 
 
+# groups the columns above (and the fidelity details, probes and sweep sections) already show;
+# any other group's figures get a column each, so a new measurement group needs no change here
+SHOWN_GROUPS = {"memory", "fidelity", "speed", "serving", "roofline", "probes", "sweep", "tasks"}
+
+
+def group_columns(figs: list[Figure]) -> list[Column]:
+    """One column per metric of a group the leaderboard has no columns for (not its companion
+    figures `metric:...`)."""
+    metrics = sorted({(f.group, f.metric) for f in figs if f.status == "ok" and f.value is not None
+                      and f.group not in SHOWN_GROUPS and not f.group.startswith("task:") and ":" not in f.metric})
+    return [Column(f"{g} {m}", g, m, "{:.4g}", None) for g, m in metrics]
+
+
 def comparable(f: Figure, r: Figure) -> bool:
     """Measured the same way as the reference's figure (same group setup; offline speed also needs the
     same engine, whose batching differs)?"""
@@ -258,11 +271,16 @@ def _floor_part(f: Figure | None) -> Cell:
     return label("-") if f is None or f.value is None else of(f, "{:.2g}", show_uncertainty=False)
 
 
-def floor_cell(engine: str, fl: Floors) -> Cell:
+# the engine that scores a section's reference when the section has no row of its own for it
+# (compare always measures the reference first, so only hand-made stores lack one)
+DEFAULT_REFERENCE_ENGINE = "vllm"
+
+
+def floor_cell(engine: str, fl: Floors, reference_engine: str = DEFAULT_REFERENCE_ENGINE) -> Cell:
     """The floors a row's KLD is read against: its engine's baseline and the noise floor."""
     eng = fl.engine.get(engine)
-    # vLLM serves the reference itself: a variant on it has no engine difference to the reference
-    engine_part = label("0 (same engine)") if eng is None and engine == "vllm" else _floor_part(eng)
+    # on the engine that scored the reference, the reference itself is the engine baseline: no floor
+    engine_part = label("0 (same engine)") if eng is None and engine == reference_engine else _floor_part(eng)
     noise_part = _floor_part(fl.noise)
     if engine_part.label == noise_part.label == "-":
         return missing("not measured")
@@ -281,9 +299,11 @@ def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
         else:
             by[key][(fig.group, fig.metric)] = fig
     names = sorted(set(by) | set(failures), key=lambda k: (k[0] != section, k))
-    cols = COLUMNS[:FIRST_COLUMNS] + task_columns(figs) + COLUMNS[FIRST_COLUMNS:] + DETAIL_COLUMNS
+    cols = (COLUMNS[:FIRST_COLUMNS] + task_columns(figs) + COLUMNS[FIRST_COLUMNS:] + group_columns(figs)
+            + DETAIL_COLUMNS)
     refs = [k for k in names if k[0] == section]
     ref = by.get(refs[0], {}) if refs else {}
+    reference_engine = refs[0][1] if refs else DEFAULT_REFERENCE_ENGINE
     table = Table(LABELS + cols + [Column(FLOOR_COLUMN)])
     for key in names:
         variant, engine = key
@@ -315,7 +335,7 @@ def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
             if group.startswith("task:"):
                 cell.flips = flips(vals, group, metric)
             cells.append(cell)
-        cells.append(floor_cell(engine, fl))
+        cells.append(floor_cell(engine, fl, reference_engine))
         table.rows.append(Row(variant, engine, variant == section, cells))
     return table
 

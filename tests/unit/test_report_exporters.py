@@ -163,3 +163,32 @@ def test_the_json_script_cannot_close_its_tag(store):
     _with_hostile_text(store)
     page = exporters.export(store, "html")
     assert page.count("</script>") == 3  # the two JSON blocks and the page's script, nothing injected
+
+
+def test_a_new_group_and_engine_show_up_without_changes_to_the_report(tmp_path):
+    """A group the leaderboard has no column for (here `energy`, as a plugin group would store it)
+    gets one column per metric; an engine it has never heard of gets its rows; the reference's
+    own engine, whatever it is, is the one without an engine floor."""
+    from quantkit.results.store import Figure
+
+    s = Store(tmp_path / "e.sqlite")
+    fig = dict(n=10, conditions={"setup": "e"})
+    s.put("r", [Figure("reference", "dummy-engine", "fidelity", "kld_mean", 0.0, 0.0, **fig),
+                Figure("reference", "dummy-engine", "energy", "joules_per_token", 0.52, 0.01, unit="J", **fig)])
+    s.put("v", [Figure("v", "dummy-engine", "fidelity", "kld_mean", 0.01, 0.001, **fig),
+                Figure("v", "dummy-engine", "energy", "joules_per_token", 0.31, 0.01, unit="J", **fig),
+                Figure("v", "dummy-engine", "energy", "joules_per_token:per_doc", None, text="{}", **fig)])
+    s.put("w", [Figure("w", "vllm", "energy", "failed", status="failed", reason="no power meter")])
+    rep = report.build(s)
+    header = rep.sections[0].table.header()
+    assert "energy joules_per_token" in header and not any("per_doc" in h for h in header)
+    row = {r.variant: dict(zip(header, r.cells)) for r in rep.sections[0].table.rows}
+    assert row["v"]["energy joules_per_token"].value == 0.31 and row["v"]["energy joules_per_token"].unit == "J"
+    assert row["w"]["energy joules_per_token"].failed and row["w"]["energy joules_per_token"].reason == "no power meter"
+    assert row["v"][report.FLOOR_COLUMN].parts[0].label == "0 (same engine)"  # the reference's engine
+    assert row["w"][report.FLOOR_COLUMN].missing  # vllm did not score this reference
+    md = exporters.export(rep, "md")
+    assert "| v | dummy-engine | ? |" in md and "0.31 ± 0.01" in md
+    data = json.loads(exporters.export(rep, "json"))
+    cells = dict(zip(header, data["sections"][0]["table"]["rows"][1]["cells"]))
+    assert cells["energy joules_per_token"]["value"] == 0.31 and cells["KLD mean"]["text"] == "0.0100 ± 0.0010"
