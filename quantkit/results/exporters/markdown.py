@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from quantkit.results.exporters.text import (
     fidelity_lines,
-    footnoted,
+    footnoted_cells,
     leaderboard_table,
     rows,
 )
@@ -22,7 +22,7 @@ class MarkdownExporter:
         for section in report.sections:
             table = leaderboard_table(section)
             header = table.header()
-            body, reasons = footnoted(rows(table))
+            body, reasons = footnoted_cells(table)
             if len(report.sections) > 1:
                 md += [f"## Compared with {section.reference}", ""]
             md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

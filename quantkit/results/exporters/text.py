@@ -50,8 +50,23 @@ def rows(table: Table) -> list[list[str]]:
     return [[text(c) for c in r.cells] for r in table.rows]
 
 
+def footnoted_cells(table: Table, inline: int = 24) -> tuple[list[list[str]], list[str]]:
+    """The table as text, where a missing cell's reason longer than `inline` becomes `n/a [k]`, with
+    the reason once under the table."""
+    numbers: dict[str, int] = {}
+    out = []
+    for row in table.rows:
+        cells = []
+        for c in row.cells:
+            reason = short(c.reason or "not measured") if c.missing and not c.show_n else ""
+            cells.append(f"n/a [{numbers.setdefault(reason, len(numbers) + 1)}]" if len(reason) > inline else text(c))
+        out.append(cells)
+    return out, [f"[{k}] {reason}" for reason, k in numbers.items()]
+
+
 def footnoted(rows: list[list[str]], inline: int = 24) -> tuple[list[list[str]], list[str]]:
-    """Long reasons in `n/a (...)` cells become `n/a [k]` with the reason once, under the table."""
+    """Long reasons in `n/a (...)` text cells become `n/a [k]` with the reason once, under the table
+    (footnoted_cells does it on the typed cells)."""
     numbers: dict[str, int] = {}
     out = []
     for row in rows:
