@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from quantkit.results.report import Cell, Figure, Report, Section, Table
+from quantkit.results.report import Cell, Report, Section, Table
+from quantkit.results.store import Figure
 
 NOT_MEASURED = "n/a (not measured)"
 
