@@ -172,6 +172,7 @@ class Report:
     sweep: Table
     notes: list[str]
     figures: list[Figure]
+    stages: Table = field(default_factory=lambda: Table([]))  # wall time of engine starts and groups
 
 
 # ---------------------------------------------------------------- building
@@ -200,13 +201,17 @@ def task_columns(figs: list[Figure]) -> list[Column]:
 # groups the columns above (and the fidelity details, probes and sweep sections) already show;
 # any other group's figures get a column each, so a new measurement group needs no change here
 SHOWN_GROUPS = {"memory", "fidelity", "speed", "serving", "roofline", "probes", "sweep", "tasks"}
+# compare's own clock (group "stages": seconds per engine start and group on this machine): not a
+# property of the model, so its own table, never leaderboard columns
+STAGES = "stages"
 
 
 def group_columns(figs: list[Figure]) -> list[Column]:
     """One column per metric of a group the leaderboard has no columns for (not its companion
     figures `metric:...`)."""
     metrics = sorted({(f.group, f.metric) for f in figs if f.status == "ok" and f.value is not None
-                      and f.group not in SHOWN_GROUPS and not f.group.startswith("task:") and ":" not in f.metric})
+                      and f.group not in SHOWN_GROUPS | {STAGES} and not f.group.startswith("task:")
+                      and ":" not in f.metric})
     return [Column(f"{g} {m}", g, m, "{:.4g}", None) for g, m in metrics]
 
 
@@ -406,6 +411,28 @@ def sweep_table(figs: list[Figure]) -> Table:
     return table
 
 
+def stage_table(figs: list[Figure]) -> Table:
+    """Seconds per engine start and per group, per model, of the newest compare run that measured it
+    (wall time on this machine: where a compare spends its time, not a property of the model)."""
+    by: dict[tuple[str, str], dict[str, Figure]] = defaultdict(dict)
+    for f in figs:
+        if f.group == STAGES and f.status == "ok":
+            by[(f.variant, f.engine)][f.metric] = f
+    stages = sorted({m for v in by.values() for m in v}, key=lambda m: (not m.startswith("start:"), m))
+    table = Table([Column("variant"), Column("engine")]
+                  + [Column(f"{m} s", STAGES, m, "{:.1f}", False) for m in stages])
+    for (variant, engine), m in sorted(by.items(), key=lambda kv: (references_first(kv[0][0]), kv[0][1])):
+        cells = [label(variant), label(engine)]
+        for stage in stages:
+            timed = m.get(stage)
+            cells.append(of(timed, "{:.1f}", reason="did not run", show_uncertainty=False))
+            if timed is not None and timed.conditions.get("outcome") == "failed":
+                cells[-1].failed = True
+                cells[-1].reason = "failed"
+        table.rows.append(Row(variant, engine, is_reference_name(variant), cells))
+    return table
+
+
 def probes(figs: list[Figure]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = defaultdict(dict)
     for f in figs:
@@ -427,7 +454,7 @@ def notes(figs: list[Figure]) -> list[str]:
     for env, versions in fp.get("versions", {}).items():
         lines.append(f"{env} env: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
     for group, f in sorted(seen.items()):
-        if group.startswith("task:") or group in ("fidelity", "speed", "probes", "serving", "roofline", "sweep"):
+        if group not in ("memory", "tasks", STAGES):  # memory's figures say their own conditions
             lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
     lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
                  "all losses are relative to it")
@@ -453,4 +480,4 @@ def build(store: Store) -> Report:
     """The whole report, read from the store once."""
     figs = store.figures()
     return Report([section(figs, name) for name in section_names(figs)], probes(figs), sweep_table(figs),
-                  notes(figs), figs)
+                  notes(figs), figs, stage_table(figs))

@@ -192,3 +192,29 @@ def test_a_new_group_and_engine_show_up_without_changes_to_the_report(tmp_path):
     data = json.loads(exporters.export(rep, "json"))
     cells = dict(zip(header, data["sections"][0]["table"]["rows"][1]["cells"]))
     assert cells["energy joules_per_token"]["value"] == 0.31 and cells["KLD mean"]["text"] == "0.0100 ± 0.0010"
+
+
+def test_stage_times_get_their_own_table_never_leaderboard_columns(tmp_path):
+    """compare's clock (group "stages", H3's StageClock) is this machine's wall time, not a model
+    property: a table of its own, out of the main table and the notes; an unknown group's
+    conditions are in the notes."""
+    from quantkit.results.store import Figure
+
+    s = Store(tmp_path / "st.sqlite")
+    cond = {"compared_with": "reference", "outcome": "ok", "run": "r1", "ran_before": []}
+    s.put("r", [Figure("reference", "vllm", "fidelity", "kld_mean", 0.0, 0.0, 10, conditions={"setup": "a"}),
+                Figure("reference", "vllm", "energy", "joules_per_token", 0.5, 0.01, 10, conditions={"meter": "rapl"})])
+    s.put("st-r", [Figure("reference", "vllm", "stages", "start:worker", 41.2, None, 1, "s", conditions=cond),
+                   Figure("reference", "vllm", "stages", "group:fidelity", 120.5, None, 1, "s", conditions=cond)])
+    s.put("st-q", [Figure("q4", "llamacpp", "stages", "start:worker", 3.0, None, 1, "s", conditions=cond),
+                   Figure("q4", "llamacpp", "stages", "group:fidelity", 7.5, None, 1, "s",
+                          conditions={**cond, "outcome": "failed"})])
+    rep = report.build(s)
+    assert not any("stages" in c.group or "start:" in c.title for c in rep.sections[0].table.columns)
+    assert rep.stages.header() == ["variant", "engine", "start:worker s", "group:fidelity s"]
+    md = exporters.export(rep, "md")
+    assert "| reference | vllm | 41.2 | 120.5 |" in md and "| q4 | llamacpp | 3.0 | 7.5 (failed) |" in md
+    assert not any(line.startswith("- stages:") for line in md.splitlines())
+    assert '- energy: n=10; {"meter": "rapl"}' in md
+    page = exporters.export(rep, "html")
+    assert 'id="stages"' in page and "7.5 (failed)" in page

@@ -223,6 +223,9 @@ def _cell_html(c: Cell, col: Column, figs: _Figures, notes: dict[str, int], anch
             tip = f"questions lost {c.flips.lost:.0f}, gained {c.flips.gained:.0f}; exact McNemar p={c.flips.p:.2g}"
             body += f' <span class="flips" title="{escape(tip)}">−{c.flips.lost:.0f}/+{c.flips.gained:.0f} ' \
                     f'p={c.flips.p:.2g}</span>'
+        if c.failed:  # a value measured by a step that then failed
+            classes.append("failed")
+            body += " (failed)"
         if c.show_n:
             body += f" (n={c.n})"
     if c.figure is not None:
@@ -324,6 +327,10 @@ class HtmlExporter:
         if report.sweep.rows:
             parts.append("<h2>Temperature sweep (GSM8K)</h2>")
             parts.append(_table_html(report.sweep, figs, "sweep"))
+        if report.stages.rows:
+            parts.append("<h2>Stage times</h2><p>Seconds on this machine, newest compare run per model: where a "
+                         "compare spends its time, not a property of the model.</p>")
+            parts.append(_table_html(report.stages, figs, "stages"))
         parts.append('<h2>Conditions</h2><ul class="notes">'
                      + "".join(f"<li>{escape(line)}</li>" for line in report.notes) + "</ul>")
         parts.append("<h2>Fingerprints</h2>")

@@ -45,5 +45,10 @@ class MarkdownExporter:
             sh = report.sweep.header()
             md += ["## Temperature sweep (GSM8K)", "", "| " + " | ".join(sh) + " |", "|" + "---|" * len(sh)]
             md += ["| " + " | ".join(r) + " |" for r in rows(report.sweep)] + [""]
+        if report.stages.rows:
+            st = report.stages.header()
+            md += ["## Stage times (seconds on this machine, newest compare run per model)", "",
+                   "| " + " | ".join(st) + " |", "|" + "---|" * len(st)]
+            md += ["| " + " | ".join(r) + " |" for r in rows(report.stages)] + [""]
         md += ["## Conditions", ""] + [f"- {line}" for line in report.notes]
         return "\n".join(md) + "\n"

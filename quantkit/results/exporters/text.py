@@ -44,7 +44,8 @@ def text(c: Cell) -> str:
     if c.value is None:
         return f"n/a ({short(c.reason or 'not measured')})" + n
     tie = "≈ " if c.tie and c.comparable else ""
-    return tie + number(c) + marks(c) + n
+    failed = " (failed)" if c.failed else ""  # a value measured by a step that then failed
+    return tie + number(c) + marks(c) + failed + n
 
 
 def rows(table: Table) -> list[list[str]]:
