@@ -51,7 +51,8 @@ COLUMNS = [
     Column("PPL", "fidelity", "ppl", "{:.2f}", False),
     Column("PPL ratio", "fidelity", "ppl_ratio", "{:.3f}", False),
     Column("peak RSS MiB", "memory", "peak_rss_mib", "{:.0f}", None),
-    Column("KV tokens (vLLM: capacity; llama.cpp: n_ctx)", "memory", "kv_capacity_tokens", "{:.0f}", None),
+    # what the figure means per engine is its condition `kv_capacity` (listed in the notes)
+    Column("KV tokens", "memory", "kv_capacity_tokens", "{:.0f}", None),
     Column("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
     Column("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
     Column("TTFT ms @1", "serving", "ttft_median_ms@1", "{:.0f}", False),
@@ -456,6 +457,11 @@ def notes(figs: list[Figure]) -> list[str]:
     for group, f in sorted(seen.items()):
         if group not in ("memory", "tasks", STAGES):  # memory's figures say their own conditions
             lines.append(f"{group}: n={f.n}; " + json.dumps(f.conditions, sort_keys=True))
+    kv = {f.engine: str(f.conditions["kv_capacity"]) for f in figs
+          if f.metric == "kv_capacity_tokens" and f.status == "ok" and f.conditions.get("kv_capacity")}
+    if kv:
+        lines.append("KV tokens: the KV cache capacity each engine reports, from "
+                     + "; ".join(f"{engine}: {source}" for engine, source in sorted(kv.items())))
     lines.append("the reference is SmolLM2-135M-Instruct dequantized from Q4_1 when the embedded default is used; "
                  "all losses are relative to it")
     lines.append("KL divergence: exact over the baseline's top-K token ids plus one tail bucket, with both "

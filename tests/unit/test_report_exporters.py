@@ -218,3 +218,17 @@ def test_stage_times_get_their_own_table_never_leaderboard_columns(tmp_path):
     assert '- energy: n=10; {"meter": "rapl"}' in md
     page = exporters.export(rep, "html")
     assert 'id="stages"' in page and "7.5 (failed)" in page
+
+
+def test_the_kv_column_names_no_engine_and_the_notes_say_what_each_engine_reports(tmp_path):
+    from quantkit.results.store import Figure
+
+    s = Store(tmp_path / "kv.sqlite")
+    s.put("a", [Figure("reference", "vllm", "memory", "kv_capacity_tokens", 65536, None, 1,
+                       conditions={"kv_capacity": "vLLM start-up log"})])
+    s.put("b", [Figure("q4", "llamacpp", "memory", "kv_capacity_tokens", 4096, None, 1,
+                       conditions={"kv_capacity": "llama.cpp n_ctx (allocated up front)"})])
+    md = exporters.export(s, "md")
+    assert "| KV tokens |" in md and "vLLM:" not in md.split("## Conditions")[0]
+    assert ("- KV tokens: the KV cache capacity each engine reports, from llamacpp: llama.cpp n_ctx (allocated "
+            "up front); vllm: vLLM start-up log") in md
