@@ -24,7 +24,8 @@ from rich.console import Console
 
 from quantkit import evaldata, hardware, loader, paths, prompts, sources, variants
 from quantkit.builders.common import env_versions
-from quantkit.envs.specs import ENGINE_NAMES
+from quantkit.engines import registry
+from quantkit.envs.specs import env_names
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.evaluation import fidelity, groups
 from quantkit.evaluation.groups import Group
@@ -58,7 +59,7 @@ def model_identity(name: str) -> dict:
 
 def fingerprint() -> dict:
     hw = hardware.detect()
-    return {"hardware": hw.describe(), "versions": {n: env_versions(n) for n in ENGINE_NAMES}}
+    return {"hardware": hw.describe(), "versions": {n: env_versions(n) for n in env_names()}}
 
 
 def fidelity_text(cfg: CompareConfig) -> str:
@@ -201,12 +202,6 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
     return store
 
 
-# An engine's full-precision baseline: the reference in that engine's own format, unquantized, so
-# that a variant's divergence from it is quantization alone and its own divergence from the
-# reference is the engine's arithmetic (the engine floor). vLLM runs the reference itself.
-ENGINE_BASELINE_RECIPES = {"llamacpp": "smollm2_gguf_f16.yaml"}
-
-
 def _engine_of(name: str) -> str | None:
     try:
         return loader.default_engine(loader.locate(name)[2]).name
@@ -217,8 +212,13 @@ def _engine_of(name: str) -> str | None:
 def with_engine_baselines(reference: str, members: list[str], anchors: Anchors,
                           console: Console) -> tuple[list[str], set[str]]:
     """Members in measuring order, each engine's baseline (built when missing) before the
-    variants it anchors; returns (order, baseline names)."""
-    engines = {e for m in members if (e := _engine_of(m)) in ENGINE_BASELINE_RECIPES}
+    variants it anchors; returns (order, baseline names).
+
+    An engine's full-precision baseline (`Engine.baseline_recipe`) is the reference in that
+    engine's own format, unquantized, so that a variant's divergence from it is quantization alone
+    and its own divergence from the reference is the engine's arithmetic (the engine floor); an
+    engine without one (vLLM) runs the reference itself."""
+    engines = {e for m in members if (e := _engine_of(m)) is not None and registry.get(e).baseline_recipe}
     order, chosen = list(members), set()
     for engine in sorted(engines):
         try:
@@ -239,10 +239,13 @@ def build_engine_baseline(reference: str, engine: str, console: Console | None =
     from quantkit import builders
     from quantkit.recipes import load_recipe
 
+    recipe_file = registry.get(engine).baseline_recipe
+    if not recipe_file:
+        raise QuantkitError(f"{engine} has no full-precision baseline recipe (it is scored against the reference)")
     spec = sources.reference_spec(reference)
     overrides = [] if reference == "reference" else [
         f"source={spec}", f"name={re.sub(r'[^A-Za-z0-9._-]+', '-', spec).strip('-.')}-gguf-f16"]
-    recipe = load_recipe(paths.recipes_dir() / ENGINE_BASELINE_RECIPES[engine], overrides)
+    recipe = load_recipe(paths.recipes_dir() / recipe_file, overrides)
     try:
         variant, _ = builders.build(recipe, console=console)
     except QuantkitError:
@@ -275,6 +278,10 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
         g.anchor(run, run.keys[g.name])
     pending = [g for g in chosen if cfg.force or not g.is_done(run, store, run.keys[g.name])]
     first_row = len(clock.rows)
+
+    def store_stages() -> None:  # as they end, so that a killed compare keeps the times it took
+        _store_stages(store, run, clock.rows[first_row:], run_id)
+
     if not pending:
         console.print(f"{name}: every figure already measured (use --force to re-measure)")
     else:
@@ -285,8 +292,10 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
                 continue
             try:
                 with _engine_process(run, needs, executor, clock, console):
+                    store_stages()
                     for g in todo:
                         _run_group(store, run, g, digest(conds[g.name]), console, clock)
+                        store_stages()
             except QuantkitError as e:
                 for g in todo:
                     if not store.done(run.keys[g.name]):
@@ -294,7 +303,7 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
                 console.print(f"[red]{name}: engine failed[/] ({e.args[0].splitlines()[0]})")
     for g in chosen:
         g.after(run, store, run.keys[g.name])
-    _store_stages(store, run, clock.rows[first_row:], run_id)
+    store_stages()
 
 
 def _store_stages(store: Store, run: Run, rows: list[dict], run_id: str) -> None:
@@ -318,15 +327,9 @@ def _store_stages(store: Store, run: Run, rows: list[dict], run_id: str) -> None
 
 
 def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:
-    """Same context and log-prob settings for every variant of an engine."""
-    target_fmt = loader.locate(name)[2]
+    """Same context and log-prob settings for every model of an engine (Engine.compare_settings),
+    then the user's own."""
+    engine = loader.default_engine(loader.locate(name)[2])
     # 2048 holds GSM8K's 5-shot prompts (~1.1k tokens) plus 256 generated tokens
     context = max(cfg.window_len + 64, cfg.bench_input + cfg.bench_output, 2048)
-    if target_fmt == "gguf":
-        base: dict = {"n_ctx": context}
-    else:
-        # the `logprobs` op (lm-eval's scorer) asks for the top-1; fidelity's topk_logprobs takes
-        # K ids through its own path, so vLLM's prompt log-prob limit does not depend on K
-        base = {"max_model_len": context, "max_logprobs": 20}
-    return {**base, **(extra or {})}
-
+    return {**engine.compare_settings(context), **(extra or {})}

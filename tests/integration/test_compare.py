@@ -75,6 +75,37 @@ def test_compare_resumes_after_a_kill_without_losing_figures(finished_db):
     assert ("reference", "fidelity") in {(r[1], r[2]) for r in before}
 
 
+def test_stage_times_and_what_ran_before_each_figure_are_stored(finished_db):
+    """Issue 13 item 7: compare prints and stores the wall time of each engine start and group;
+    every figure records what ran before it in its engine process; the roofline's decode rate is
+    1 / TPOT at concurrency 1 (issue 11: groups are registered classes, compare orchestrates)."""
+    db, _, out = finished_db
+    figs = Store(db).figures()
+    stages = {(f.variant, f.metric): f for f in figs if f.group == "stages"}
+    for name in ["reference", *VARIANTS.values()]:
+        assert any(v == name and m.startswith("group:") for v, m in stages), (name, sorted(stages))
+    assert all(f.value > 0 and f.unit == "s" for f in stages.values())
+    assert any(m == "start:worker" for _, m in stages) and any(m == "start:server" for _, m in stages)
+    assert "compare: stage times" in out and "worker started in" in out
+    for f in figs:
+        if f.status != "ok" or f.group == "stages":
+            continue
+        assert isinstance(f.conditions.get("ran_before"), list), (f.variant, f.group, f.metric)
+        if f.group == "memory":  # the worker's groups before it, never the server's
+            assert f.conditions["ran_before"] == f.conditions["peak_after_groups"] and \
+                "serving" not in f.conditions["ran_before"]
+        if f.group == "serving":
+            assert f.conditions["ran_before"] == []  # its own server process
+    roof = [f for f in figs if f.group == "roofline"]
+    assert roof, "no roofline figures"
+    for f in roof:
+        if f.status == "ok":
+            assert "TPOT" in f.conditions["decode_rate"]
+            assert f.metric != "fraction_of_bound" or 0 < f.value <= 1
+        else:
+            assert f.reason, f
+
+
 def test_kl_divergence_orders_as_bits_per_weight_and_reference_is_zero(finished_db):
     store = Store(finished_db[0])
     kld = {f.variant: f.value for f in store.figures() if f.metric == "kld_mean"}

@@ -121,7 +121,7 @@ def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
 
     rnd = random.Random(0)
     windows = [[rnd.randrange(512) for _ in range(16)] for _ in range(6)]
-    anchors = Anchors("reference", reference_key="key-reference")
+    anchors = Anchors("reference", reference_key="key-reference", reference_engine="vllm")
     anchors.baselines = {"vllm": ("reference", "key-reference"), "llamacpp": ("f16", "key-f16")}
     ref_engine = NumpyEngine(0.0, 1)
     ref = {f.metric: f for f in measure_fidelity(_run("reference", "vllm", "reference", anchors, ref_engine, windows))}

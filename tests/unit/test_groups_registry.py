@@ -183,14 +183,14 @@ def test_dummy_group_runs_through_compare_keyed_by_its_conditions(dummy_groups, 
     assert [w.calls for w in executor3.starts] == [["info", "answer"]]
 
 
-@pytest.mark.xfail(reason="the leaderboard lists hard-coded groups; H1's report is to show any group "
-                          "(/tmp/qk/H3-NOTES.md)", strict=False)
-def test_dummy_group_shows_in_the_leaderboard(dummy_groups, fake_models):
+def test_dummy_group_shows_in_the_leaderboard_and_stages_stay_out_of_its_columns(dummy_groups, fake_models):
     from quantkit.results import leaderboard
 
     store, _ = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy",)), FakeExecutor())
     md = leaderboard.to_markdown(store)
     assert "dummy" in md and "42" in md
+    header, _ = leaderboard.table(store)
+    assert not any("stages" in h or "start:worker" in h for h in header), header
 
 
 def test_roofline_decode_rate_is_one_over_tpot_and_above_the_bound_fails(monkeypatch, tmp_path):

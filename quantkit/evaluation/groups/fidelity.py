@@ -46,7 +46,7 @@ class FidelityGroup(Group):
         if run.role in ("reference", "baseline"):
             run.anchors.baselines[run.target.engine.name] = (run.target.name, key)
         if run.role == "reference":
-            run.anchors.reference_key = key
+            run.anchors.reference_key, run.anchors.reference_engine = key, run.target.engine.name
 
     def is_done(self, run, store, key) -> bool:
         # a reference or baseline is measured again when the rows the others are scored against are gone
@@ -147,10 +147,11 @@ def _relabel(figs: list[Figure], prefix: str, cond: dict) -> list[Figure]:
 def measure_fidelity(run: Run) -> list[Figure]:
     cfg, inputs, engine, worker = run.cfg, run.inputs, run.target.engine.name, run.worker
     assert worker is not None, "fidelity needs the engine's worker"
+    ref_engine = engine if run.role == "reference" else run.anchors.reference_engine
     cond = {"data": "lambada", "windows": len(inputs.windows), "window_len": cfg.window_len,
             "scored": "second half of each window", "score_from": fidelity.score_from(cfg.window_len),
             "top_k": cfg.top_k, "kl": "exact, over the baseline's top-K ids plus one tail bucket (a lower bound on "
-                                      "the full-vocabulary KL)", "baseline": f"{run.reference_name} on vllm",
+                                      "the full-vocabulary KL)", "baseline": f"{run.reference_name} on {ref_engine}",
             "reference_rows": run.anchors.reference_key, "windows_per_call": windows_per_call(cfg)}
     if run.role == "reference":
         own = _score(worker, cfg, inputs.windows)
@@ -158,7 +159,7 @@ def measure_fidelity(run: Run) -> list[Figure]:
         # noise floor: the same model, the same ids, another batch composition (one window per call)
         again = _score(worker, cfg, inputs.windows, own, per_call=1)
         figs = _figures(run, "", fidelity.summarize(own, own), {**cond, "by_construction": "zero"})
-        figs += _relabel(figs, "base_", {"baseline": "itself (the engine baseline of vllm)"})
+        figs += _relabel(figs, "base_", {"baseline": f"itself (the engine baseline of {engine})"})
         return figs + _figures(run, "noise_", fidelity.summarize(own, again),
                                {**cond, "baseline": "itself, scored one window per call", "windows_per_call": 1,
                                 "floor": "noise: the same model re-scored with another batch composition"})
@@ -173,7 +174,7 @@ def measure_fidelity(run: Run) -> list[Figure]:
                                {**cond, "baseline": "itself", "by_construction": "zero",
                                 "role": f"engine baseline of {engine}"})
     base_name, base_key, why = run.anchors.baseline(engine)
-    if base_name is not None and base_key == run.anchors.reference_key:  # vLLM: the reference is the baseline
+    if base_name is not None and base_key == run.anchors.reference_key:  # the reference is this engine's baseline (vLLM)
         return figs + _relabel(figs, "base_", {"baseline": f"{base_name} on {engine} (the reference itself)"})
     if base_name is None or not rows_file(base_key).exists():
         reason = why or f"the engine baseline's rows are missing ({base_name}); re-run compare with it"

@@ -1,21 +1,18 @@
 """Memory: on disk, bits per weight, weights once loaded, KV cache per token and capacity, peak.
 
 KV bytes per token are computed from the architecture (quantkit.evaluation.memory); capacities and
-loaded weights are what the engines report (vLLM's start-up log) or allocate (llama.cpp's n_ctx).
+loaded weights are what each engine reports (Engine.memory_figures: from its worker's answer and log).
 Measured last in its engine process, so that the peak includes the other groups' work."""
 
 from __future__ import annotations
 
 import json
-import re
 
 from quantkit import safetensors_info, variants
 from quantkit.evaluation.groups.base import Group
 from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run
 from quantkit.evaluation.memory import gpu_memory_mib, kv_bytes_per_token
 from quantkit.results.store import Figure
-
-_WEIGHTS_LOADED = re.compile(r"Model loading took ([\d.]+) GiB")
 
 
 class MemoryGroup(Group):
@@ -33,17 +30,6 @@ class MemoryGroup(Group):
         return figs
 
 
-def engine_memory(engine: str, answer: dict, log: str) -> tuple[float | None, float | None, str]:
-    """(KV capacity in tokens, loaded weight bytes, where the capacity comes from) for an engine,
-    from its worker's `memory` answer and its log."""
-    if engine == "vllm":
-        from quantkit.engines.vllm.engine import kv_capacity_from_log
-
-        found = _WEIGHTS_LOADED.findall(log)
-        return kv_capacity_from_log(log), float(found[-1]) * 2**30 if found else None, "vLLM start-up log"
-    return answer.get("n_ctx"), answer.get("weights_bytes"), "llama.cpp n_ctx (allocated up front)"
-
-
 def memory_figures(run: Run) -> list[Figure]:
     t = run.target
     assert run.worker is not None, "memory needs the engine's worker"
@@ -57,20 +43,20 @@ def memory_figures(run: Run) -> list[Figure]:
     else:
         m = variants.get(t.name).manifest
         disk, bpw = m.get("weights_bytes"), m.get("bits_per_weight")
-    capacity, weights, capacity_from = engine_memory(t.engine.name, mem,
-                                                     run.worker.log_path.read_text(errors="replace"))
+    engine = t.engine.memory_figures(mem, run.worker.log_path.read_text(errors="replace"))
+    weights = engine.weights_loaded_bytes
     kv_tok = kv_bytes_per_token(config, t.kv_cache_type)
-    gpu = gpu_memory_mib(mem.get("pids", []))
+    gpu = gpu_memory_mib(list(engine.pids))
     cond = {"kv_cache_type": t.kv_cache_type, "kv_bytes_per_token": "computed from the architecture",
-            "kv_capacity": capacity_from}
+            "kv_capacity": engine.kv_capacity_source}
 
     def f(metric, value, unit):
         return run.fig("memory", metric, value, None, 1, unit, conditions=dict(cond))
 
     figs = [f("weights_on_disk_mib", disk / 2**20 if disk else None, "MiB"), f("bits_per_weight", bpw, "bits"),
             f("weights_loaded_mib", weights / 2**20 if weights else None, "MiB"),
-            f("kv_bytes_per_token", kv_tok, "B"), f("kv_capacity_tokens", capacity, "tokens"),
-            f("peak_rss_mib", mem["peak_rss_bytes"] / 2**20, "MiB")]
+            f("kv_bytes_per_token", kv_tok, "B"), f("kv_capacity_tokens", engine.kv_capacity_tokens, "tokens"),
+            f("peak_rss_mib", engine.peak_rss_bytes / 2**20, "MiB")]
     if gpu is not None:
         figs.append(f("gpu_memory_mib", gpu, "MiB"))
     return figs

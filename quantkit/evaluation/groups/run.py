@@ -87,6 +87,7 @@ class Anchors:
 
     reference: str
     reference_key: str = ""  # the reference's fidelity key: names its rows file
+    reference_engine: str = ""  # the engine the reference ran on
     reference_tasks_key: str = ""
     task_docs: dict = field(default_factory=dict)  # (task group, metric) -> the reference's {doc_id: value}
     baselines: dict[str, tuple[str, str]] = field(default_factory=dict)  # engine -> (model, its fidelity key)

@@ -29,6 +29,6 @@ class SpeedGroup(Group):
         cond = {"batch": cfg.bench_batch, "input_tokens": cfg.bench_input, "output_tokens": cfg.bench_output,
                 "repeats": cfg.bench_repeats, "spread": [lo, hi], "p90": p90, "greedy": True, "ignore_eos": True,
                 "prefix_cache": "cleared before each run (every run pays its prefill)",
-                "batching": res.get("method", "one batch (vLLM)")}
+                "batching": res.get("method", f"one batch ({run.target.engine.display_name})")}
         return [run.fig("speed", "offline_tokens_per_s", med, (hi - lo) / 2, cfg.bench_repeats, "tok/s",
                         conditions=cond)]

@@ -7,9 +7,6 @@ from quantkit.evaluation.groups.base import Group
 from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run, digest
 from quantkit.results.store import Figure
 
-# the engines chain their samplers differently; stated with the figures, not hidden
-SAMPLER_ORDER = {"llamacpp": "top-p, then temperature (llama-cpp-python)", "vllm": "temperature, then top-p (vLLM)"}
-
 
 class SweepGroup(Group):
     name = "sweep"
@@ -42,9 +39,8 @@ class SweepGroup(Group):
             cond = {"task": "gsm8k (chat prompt, flexible-extract exact match)", "temperature": t,
                     "top_p": cfg.top_p, "samples_per_problem": cfg.sweep_samples, "problems": r["problems"],
                     "seed": cfg.seed, "max_tokens": 256, "seeding": "sample i uses seed + i"}
-            if cfg.top_p < 1:
-                engine = run.target.engine.name
-                cond["sampler_order"] = SAMPLER_ORDER.get(engine, f"as {engine} chains its samplers")
+            if cfg.top_p < 1:  # the engines chain their samplers differently; stated, not hidden
+                cond["sampler_order"] = run.target.engine.sampler_order or f"as {run.target.engine.name} chains them"
             figs += [run.fig("sweep", f"accuracy@T={t:g}", r["accuracy"], r["accuracy_stderr"], r["problems"],
                              conditions=cond),
                      run.fig("sweep", f"diversity@T={t:g}", r["diversity"], r["diversity_stderr"], r["problems"],
