@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantkit-installed
 
-.PHONY: install setup demo test test-slow unit doctor crosscheck clean
+.PHONY: install setup browser demo test test-slow unit doctor crosscheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,15 @@ demo: setup
 	$(BIN)/quantkit leaderboard --format md --out results/leaderboard.md --plots results/plots
 	@cat results/leaderboard.md
 
+# Headless Chromium from Debian's packages, for the HTML leaderboard's browser test (installed only
+# when missing, and only where apt can run; elsewhere that one test skips and names this command).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the HTML leaderboard browser test will skip"
+
 # The whole test suite: unit tests and integration tests against the real engines.
-test: setup
+test: setup browser
 	$(BIN)/pytest -q -rs tests
 
 # The long matrices kept out of the default run (more kill points, more engines).
