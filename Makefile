@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.quantkit-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off -q --upgrade pip
-	$(BIN)/pip install --progress-bar off -e '.[test]'
+	$(BIN)/pip install --progress-bar off -e '.[test,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
