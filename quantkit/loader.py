@@ -67,22 +67,12 @@ def platform_defaults(engine: Engine, fmt: str, hw: Hardware, schemes: tuple[str
     return engine.platform_defaults(fmt, hw, schemes)
 
 
-_BNB_DTYPES = ("bfloat16", "float16", "float32")
-
-
-def bnb_settings(display: str, load: dict) -> dict:
-    """vLLM settings for a bitsandbytes variant. vLLM's in-flight bitsandbytes loader always quantizes to
-    NF4 with double quantization: what it cannot honour is refused rather than silently ignored."""
-    quant_type = load.get("bnb_4bit_quant_type", "nf4")
-    if quant_type != "nf4" or load.get("bnb_4bit_use_double_quant", True) is not True:
-        raise ConfigError(f"{display}: vLLM's bitsandbytes loader quantizes to NF4 with double quantization only "
-                          f"(the manifest asks for {quant_type}, double_quant {load.get('bnb_4bit_use_double_quant')})",
-                          hint="rebuild it from a recipe with quant_type: nf4 and double_quant: true")
-    dtype = load.get("dtype") or load.get("bnb_4bit_compute_dtype") or "bfloat16"
-    if dtype not in _BNB_DTYPES:
-        raise ConfigError(f"{display}: bitsandbytes compute_dtype {dtype!r} has no vLLM dtype",
-                          hint=f"use one of {', '.join(_BNB_DTYPES)}")
-    return {"quantization": "bitsandbytes", "dtype": dtype}
+def _manifest(name: str) -> dict:
+    """The variant manifest behind `name` ({} for a reference or a bare GGUF file)."""
+    as_path = Path(name)
+    if (as_path.suffix == ".gguf" and as_path.is_file()) or sources.is_reference_name(name):
+        return {}
+    return variants.get(name).manifest
 
 
 def load(name: str, *, engine: str | None = None, settings: dict | None = None,
@@ -97,13 +87,10 @@ def load(name: str, *, engine: str | None = None, settings: dict | None = None,
                               hint=f"engines that can: {', '.join(able) or 'none registered'}")
     else:
         eng = default_engine(fmt)
-    if fmt == "bnb-on-load":
-        if not hw.has_cuda:
-            raise ConfigError(f"{display} is quantized by bitsandbytes on load, which needs a CUDA GPU",
-                              hint="run it on a machine with an NVIDIA GPU, or pick a GGUF / GPTQ variant for CPU")
-        settings = {**bnb_settings(display, variants.get(name).manifest.get("load", {})), **(settings or {})}
+    # what the variant's manifest asks of the engine (vLLM: load bitsandbytes variants quantizing)
+    settings = {**eng.model_settings(display, fmt, _manifest(name), hw), **(settings or {})}
     schemes = capability.schemes_of_model(path, fmt)
-    raw = {**platform_defaults(eng, fmt, hw, schemes), **(settings or {})}
+    raw = {**platform_defaults(eng, fmt, hw, schemes), **settings}
     validated = eng.settings(apply_kv_cache(eng, raw, kv_cache_dtype))
     kv_type = eng.kv_cache_type(validated)
     runs = eng.can_run(path, fmt, hw, validated)

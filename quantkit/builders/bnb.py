@@ -22,7 +22,7 @@ def build(recipe: Recipe, source: Source, out: Path, progress: Progress, task: T
         "engine": registry.for_format(FORMAT).name,
         "requires": "CUDA (bitsandbytes kernels); vLLM quantizes the source weights at load time",
         # vLLM's bitsandbytes loader quantizes to NF4 with double quantization (the recipe refuses
-        # anything else); the compute dtype reaches vLLM as its `dtype` (quantkit.loader.bnb_settings).
+        # anything else); the compute dtype reaches vLLM as its `dtype` (quantkit.engines.vllm.engine.bnb_settings).
         "load": {"model": source.location, "quantization": "bitsandbytes", "dtype": m.compute_dtype,
                  "bnb_4bit_quant_type": m.quant_type, "bnb_4bit_use_double_quant": m.double_quant,
                  "bnb_4bit_compute_dtype": m.compute_dtype},

@@ -46,6 +46,7 @@ class MemoryFigures:
     kv_capacity_tokens: int | None  # tokens the KV cache holds
     kv_capacity_source: str  # where that figure comes from, in words (recorded as a condition)
     pids: tuple[int, ...] = ()  # the engine's processes (GPU memory is looked up by pid)
+    weights_loaded_source: str = ""  # where the weights figure comes from, or why there is none
 
 
 class Engine(ABC):
@@ -91,6 +92,11 @@ class Engine(ABC):
         """Settings that depend on the machine (every one ends up in the figures' settings)."""
         return {}
 
+    def model_settings(self, display: str, fmt: str, manifest: dict, hw: Hardware) -> dict:
+        """Settings a model needs from its variant manifest ({} for a reference or a bare file), or a
+        ConfigError when this engine cannot honour it here. The user's settings override these."""
+        return {}
+
     def can_run(self, model_path: Path, fmt: str, hw: Hardware, settings: Any) -> Verdict:
         """Whether this machine can run the model with these settings (a reason when not)."""
         from quantkit.capability import Verdict
@@ -125,4 +131,6 @@ class Engine(ABC):
                              weights_loaded_bytes=answer.get("weights_bytes"),
                              kv_capacity_tokens=answer.get("n_ctx"),
                              kv_capacity_source=f"{self.display_name} worker",
-                             pids=tuple(answer.get("pids", ())))
+                             pids=tuple(answer.get("pids", ())),
+                             weights_loaded_source=f"{self.display_name} worker"
+                             if answer.get("weights_bytes") is not None else "not reported by the worker")

