@@ -222,3 +222,44 @@ def test_roofline_decode_rate_is_one_over_tpot_and_above_the_bound_fails(monkeyp
     failed = [f for f in groups.get("serving").measure(run) if f.group == "roofline"]
     assert [(f.metric, f.status) for f in failed] == [("failed", "failed")]
     assert "broken measurement" in failed[0].reason and "outside (0, 1]" in failed[0].reason
+
+
+class ServerDummy(Group):
+    name = "dummy_server"
+    needs = "server"
+
+    def conditions(self, cfg, inputs):
+        return {}
+
+    def measure(self, run):
+        return [run.fig("dummy_server", "url", None, text=run.server.url)]
+
+
+def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on(dummy_groups, fake_models,
+                                                                                  monkeypatch):
+    from quantkit import server
+    from quantkit.errors import EngineError
+
+    class DeadServer:
+        def __init__(self, target):
+            pass
+
+        def __enter__(self):
+            raise EngineError("fake server exited (code 1) during start-up")
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(server, "EngineServer", DeadServer)
+    groups.register("dummy_server", ServerDummy)
+    try:
+        executor = FakeExecutor()
+        store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
+    finally:
+        groups.unregister("dummy_server")
+    figs = {(f.group, f.metric): f for f in store.figures()}
+    assert figs[("dummy_server", "failed")].reason == "fake server exited (code 1) during start-up"
+    assert figs[("dummy", "answer")].value == 42.0 and len(executor.starts) == 1  # the server's groups first
+    stages = {f.metric: f.conditions["outcome"] for f in store.figures() if f.group == compare.STAGES_GROUP}
+    assert stages == {"start:server": "failed", "start:worker": "ok", "group:dummy": "ok"}
+    assert "engine failed" in out
