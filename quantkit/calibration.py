@@ -93,5 +93,7 @@ if __name__ == "__main__":
     try:
         result = main(sys.argv[1:])
     except CalibrationShortError as e:
-        raise SystemExit(f"QUANTKIT_ERROR calibration: {e}") from None
+        from quantkit.workers.contract import fail
+
+        fail(str(e), field="calibration")
     print(json.dumps(result), flush=True)

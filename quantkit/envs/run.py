@@ -19,9 +19,6 @@ from quantkit.envs.steps import run_logged
 from quantkit.errors import ConfigError, EngineError, QuantkitError
 from quantkit.workers import contract
 
-# quantkit/calibration.py still ends with this line (SystemExit); read until it calls contract.fail
-_LEGACY_MARKER = "QUANTKIT_ERROR "
-
 
 def _lines_since(log: Path, start: int) -> list[str]:
     with open(log, encoding="utf-8", errors="replace") as f:
@@ -38,9 +35,6 @@ def worker_error(lines: list[str], log: Path) -> QuantkitError | None:
         if err.get("kind", "config") == "config":
             return ConfigError(message)
         return EngineError(message, hint=f"see {log}")
-    legacy = [line.strip() for line in lines if line.strip().startswith(_LEGACY_MARKER)]
-    if legacy:
-        return ConfigError(legacy[-1][len(_LEGACY_MARKER):])
     return None
 
 

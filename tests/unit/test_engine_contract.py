@@ -218,11 +218,6 @@ def test_a_worker_error_line_becomes_a_config_error_naming_the_field(tmp_home, d
         run_worker("dummy", "tests.plugins.failing_worker", ["crash"], log)
     assert not isinstance(crash.value, ConfigError) and "boom" in str(crash.value)
     assert run_worker("dummy", "tests.plugins.failing_worker", ["ok"], log) == {"done": True}
-    # quantkit/calibration.py's older line is still read (until it calls contract.fail)
-    from quantkit.envs.run import worker_error
-
-    legacy = worker_error(["QUANTKIT_ERROR calibration: lambada: too short", "Traceback"], log)
-    assert isinstance(legacy, ConfigError) and str(legacy) == "calibration: lambada: too short"
     lines = ["x", json.dumps({contract.ERROR_KEY: {"message": "m", "field": "f"}}), "y"]
     assert contract.read_error(lines) == {"message": "m", "field": "f"} and contract.read_error(["{}"]) is None
 
