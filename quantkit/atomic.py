@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def partial_path(final: Path) -> Path:
@@ -43,7 +43,7 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
 
 def sweep_partials(folder: Path) -> list[Path]:
     """Remove leftovers of killed writers (their PID is gone). Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not folder.exists():
         return removed
     for p in folder.iterdir():

@@ -54,7 +54,7 @@ class EngineServer:
     def model_name(self) -> str:
         return self.target.name
 
-    def start(self) -> "EngineServer":
+    def start(self) -> EngineServer:
         if not port_is_free(self.host, self.port):
             raise ConfigError(f"port {self.port} on {self.host} is already in use",
                               hint="pick another with --port, or stop what is listening there")
@@ -101,7 +101,7 @@ class EngineServer:
         stop_tree(self.proc, ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)))
         self.proc = None
 
-    def __enter__(self) -> "EngineServer":
+    def __enter__(self) -> EngineServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -9,8 +9,8 @@ or an EngineError naming the field; any other failure keeps run_logged's error w
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.progress import Progress, TaskID
 

@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.progress import Progress, TaskID
 

@@ -35,6 +35,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -227,13 +228,13 @@ def full_kl_check(base_name: str, name: str, chunks: list[list[int]], score_from
     """quantkit's top-K + tail KL against the full-vocabulary KL from raw logits, same positions."""
     wfile, out = work / "full-windows.json", work / f"{name}-full.npz"
     wfile.write_text(json.dumps(chunks))
-    run_worker("llamacpp", "quantkit.workers.full_kl", [_gguf(base_name), _gguf(name), wfile, score_from, out],
+    run_worker("llamacpp", "quantkit.workers.full_kl", [_gguf(base_name), _gguf(name), wfile, str(score_from), out],
                paths.cache_dir() / "logs" / "full_kl.log")
     with np.load(out) as z:
         full, tails, ks = z["kl"], z["base_tail_k"], z["ks"]
     n = len(full)
     b, m = base.slice_windows(0, len(chunks)), model.slice_windows(0, len(chunks))
-    res = {"positions": n, "full_kld_mean": float(full.mean())}
+    res: dict[str, Any] = {"positions": n, "full_kld_mean": float(full.mean())}
     for k in (100, base.k):
         kl = fidelity.kl_per_position(b.truncate(k), m.truncate(k))
         res[f"top{k}"] = {"kld_mean": float(kl.mean()), "ratio_to_full": float(kl.mean() / full.mean()),

@@ -24,7 +24,7 @@ class _TaskLoader(yaml.SafeLoader):
     """Reads lm-eval task YAML; its `!function` tags are kept as plain strings (not imported)."""
 
 
-_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)

@@ -83,7 +83,7 @@ def test_list_shows_real_differing_bits_per_weight(built):
     out = subprocess.run([sys.executable, "-m", "quantkit.cli", "list"], capture_output=True, text=True,
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    for stem, v in built.items():
+    for v in built.values():
         assert v.name in out.stdout
     shown = {f"{built[f'smollm2_gguf_{q}'].manifest['bits_per_weight']:.2f}" for q in GGUF_ORDER}
     assert all(s in out.stdout for s in shown) and len(shown) == len(GGUF_ORDER)

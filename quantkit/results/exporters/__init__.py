@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from importlib import metadata
-from typing import TYPE_CHECKING, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from quantkit.results.report import Report
@@ -36,7 +36,7 @@ class Exporter(Protocol):
     def render(self, report: Report) -> str: ...
 
 
-Target = Union[str, type, Exporter]
+Target = str | type | Exporter
 _registry: dict[str, Target] = dict(BUILTIN)
 _loaded: dict[str, Exporter] = {}
 _entry_points_read = False
