@@ -148,16 +148,27 @@ def compare(
                                                  help="GSM8K problems in the sweep (default 50; 10 with --quick)"),
     db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
+    executor: str = typer.Option("local", "--executor", help="where engine workers run: local (subprocesses here) "
+                                 "or ray (Ray actors on a cluster's nodes; model files on a shared filesystem, "
+                                 "engine envs made by `quantkit setup` on each node)"),
+    address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: auto (the cluster this "
+                                          "machine joined) or HOST:PORT of its head; default: a local Ray instance"),
 ) -> None:
     """Measure fidelity, probes, tasks, speed and memory of variants side by side (resumable)."""
+    import contextlib
     from pathlib import Path
 
-    from quantkit.evaluation.compare import CompareConfig, compare as run_compare
+    from quantkit.evaluation.compare import CompareConfig
+    from quantkit.evaluation.compare import compare as run_compare
     from quantkit.evaluation.tasks import TASKS
     from quantkit.results.store import Store
 
     if not names and not all_:
         console.print("[red]error:[/] name variants or pass --all")
+        raise typer.Exit(2)
+    if executor not in ("local", "ray") or (address and executor != "ray"):
+        console.print(f"[red]error:[/] --executor is local or ray, not {executor!r}" if executor not in ("local", "ray")
+                      else "[red]error:[/] --address goes with --executor ray")
         raise typer.Exit(2)
     chosen = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else ([] if quick else list(TASKS))
     temps = tuple(float(t) for t in temperatures.split(",") if t.strip()) if temperatures else ()
@@ -170,8 +181,14 @@ def compare(
 
         for reference, _ in plan(names or [], all_):  # hub models neither cached nor reachable fail now
             sources.preflight(sources.reference_spec(reference))
-        run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
-                    settings=_engine_options(opt))
+        with contextlib.ExitStack() as stack:
+            runner = None
+            if executor == "ray":
+                from quantkit.execution.ray_executor import RayExecutor
+
+                runner = stack.enter_context(RayExecutor(address))
+            run_compare(names or [], cfg, all_=all_, store=Store(Path(db) if db else None), console=console,
+                        settings=_engine_options(opt), executor=runner)
     except QuantkitError as e:
         _fail(e)
 
