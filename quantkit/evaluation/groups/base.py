@@ -48,6 +48,7 @@ class Group(ABC):
     def anchor(self, run: Run, key: str) -> None:
         """Called once this model's key is known, before anything is measured: a reference or
         baseline records what later models are scored against (run.anchors)."""
+        return None
 
     def is_done(self, run: Run, store: Store, key: str) -> bool:
         """Can the stored measurement be reused?"""
@@ -55,6 +56,7 @@ class Group(ABC):
 
     def after(self, run: Run, store: Store, key: str) -> None:
         """Called after the model's groups ran (or were found stored)."""
+        return None
 
     @abstractmethod
     def measure(self, run: Run) -> list[Figure]:
