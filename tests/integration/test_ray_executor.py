@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sqlite3
 import threading
 import time
@@ -105,6 +106,7 @@ def test_worker_answers_through_ray_equal_the_local_executor(gguf, cluster):
     with RayExecutor(c.address, resources={"node_a": 0.01}) as executor:
         with executor.start(target, label="ray-test") as worker:
             assert worker.alive
+            assert worker.where["nice"] == os.getpriority(os.PRIO_PROCESS, 0), worker.where  # not Ray's 15
             on_ray = ask(worker)
             log = worker.log_path
         assert not worker.alive
