@@ -209,3 +209,68 @@ def test_core_import_does_not_need_lm_eval():
             "assert 'lm_eval' not in sys.modules and 'datasets' not in sys.modules; print(t.TASKS)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "arc_easy" in out.stdout
+
+
+# -- the llama.cpp worker's generation text (pure: no engine) --
+
+def _stream(pieces: list[bytes], stop: list[str] | None):
+    """Feed token pieces to StopText as the worker does; (final text, tokens taken)."""
+    from quantkit.engines.llamacpp.worker import StopText
+
+    text = StopText(stop)
+    for n, piece in enumerate(pieces, 1):
+        if text.add(piece):
+            return text.finish(), n
+    return text.finish(), len(pieces)
+
+
+def _old_loop(pieces: list[bytes], stop: list[str] | None):
+    """What the worker's former loop did: decode all the bytes so far, search the whole text."""
+    for n in range(1, len(pieces) + 1):
+        text = b"".join(pieces[:n]).decode("utf-8", errors="replace")
+        if stop and any(s in text for s in stop):
+            return text[: min(text.index(s) for s in stop if s in text)], n
+    return b"".join(pieces).decode("utf-8", errors="replace"), len(pieces)
+
+
+@pytest.mark.parametrize("pieces, stop, expected", [
+    ([b"x = 1", b"\n", b"Question", b":", b" more"], ["Question:"], ("x = 1\n", 4)),  # split across tokens
+    ([b"a Quest", b"ion: b"], ["Question:", "</s>"], ("a ", 2)),
+    ([b"ab", b"c</", b"s>Question:"], ["Question:", "</s>"], ("abc", 3)),  # the earliest stop wins
+    ([b"Qu", b"es", b"tion", b":"], ["Question:"], ("", 4)),  # at the very start
+    ([b"no stop here"], ["Question:"], ("no stop here", 1)),
+    ([b"caf", b"\xc3", b"\xa9 ok"], ["\u00e9 o"], ("caf", 3)),  # a character split across tokens
+    ([b"ends mid \xe2\x82"], None, ("ends mid \ufffd", 1)),  # incomplete last character
+    ([b"bad \xff byte", b"Stop"], ["Stop"], ("bad \ufffd byte", 2)),
+    ([b"x", b"", b"y"], [""], ("xy", 3)),  # an empty stop string stops nothing
+])
+def test_stop_strings_across_token_boundaries(pieces, stop, expected):
+    assert _stream(pieces, stop) == expected
+    assert _old_loop(pieces, [s for s in stop or [] if s]) == expected
+
+
+def test_stop_text_agrees_with_whole_text_search_on_random_splits():
+    import random
+
+    rng = random.Random(0)
+    alphabet = ["Q", "u", "e", "s", "t", "i", "o", "n", ":", " ", "\n", "#", "é", "€", "<", "/", ">"]
+    stops = ["Question:", "</s>", "\n\n"]
+    for _ in range(500):
+        raw = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))).encode()
+        cuts = sorted(rng.sample(range(len(raw) + 1), k=min(len(raw) + 1, rng.randint(0, 8))))
+        pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)])]
+        assert _stream(pieces, stops) == _old_loop(pieces, stops), pieces
+
+
+def test_logprob_packs_fill_a_batch_longest_first():
+    from quantkit.engines.llamacpp.worker import pack_by_length
+
+    lengths = [30, 600, 45, 45, 10, 200, 31]
+    packs = pack_by_length(lengths, n_batch=128, slots=3)
+    assert sorted(i for p in packs for i in p) == list(range(len(lengths)))  # each sequence once
+    assert packs[0] == [1] and packs[1] == [5]  # longer than the batch: alone
+    for p in packs:
+        assert len(p) <= 3 and (len(p) == 1 or len(p) * lengths[p[0]] <= 128)
+        assert lengths[p[0]] == max(lengths[i] for i in p)  # padded to its first (longest)
+    assert pack_by_length([], 512, 8) == []
+    assert len(pack_by_length([20] * 100, 512, 32)) == 4  # 25 a pack: 25 x 20 <= 512

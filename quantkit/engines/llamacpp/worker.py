@@ -5,6 +5,8 @@ Usage: python -m quantkit.engines.llamacpp.worker '<json engine settings>'
 
 from __future__ import annotations
 
+import codecs
+import ctypes
 import json
 import os
 import sys
@@ -12,6 +14,17 @@ import time
 
 from quantkit.workers.procinfo import peak_rss
 from quantkit.workers.protocol import claim_stdout, serve
+
+# Sequences that `generate` decodes together (llama-server's parallel slots). Each llama_decode
+# runs one graph, whose ops the CPU threads pass in lockstep; up to 8 sequences per graph is up to
+# 8x fewer graphs per generated token. That matters most on shared cores: a thread that waits at
+# an op's barrier for a descheduled partner waits out a scheduler slice (measured on 2 cores at
+# load average 5-9: one-token decodes of the 135M Q8_0 model took 0.1 to 9 s each). The call's
+# own context holds GENERATE_SLOTS x (longest prompt + max_tokens) KV cells (135M model, f16 KV:
+# about 23 KB a cell).
+GENERATE_SLOTS = 8
+# Sequences that `logprobs` scores in one decode (at most n_batch tokens together).
+LOGPROB_SLOTS = 32
 
 
 def main(settings: dict) -> None:
@@ -23,63 +36,209 @@ def main(settings: dict) -> None:
     model = settings.pop("model")
     kv = {"type_k": settings.pop("cache_type_k"), "type_v": settings.pop("cache_type_v")}
     kv_ids = {k: getattr(llama_cpp, f"GGML_TYPE_{v.upper()}") for k, v in kv.items()}
+    seed_setting = int(settings.get("seed", 0))
     llm = Llama(model_path=model, verbose=False, logits_all=True, **kv_ids, **settings)
     load_seconds = time.time() - t0
 
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    eos, bos, base_seed = llm.token_eos(), llm.token_bos(), seed_setting
+    pieces: dict[int, bytes] = {}
+
+    def piece(tok: int) -> bytes:
+        """A token's bytes, as Llama.detokenize joins them (special tokens render as nothing)."""
+        if tok not in pieces:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(vocab, tok, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(vocab, tok, buf, -n, 0, False)
+            pieces[tok] = buf.raw[:n]
+        return pieces[tok]
+
+    def sampler(temperature: float, top_p: float, top_k: int, seed: int):
+        """llama-cpp-python's chain for these settings (Llama._init_sampler, whose repeat penalty of
+        1.0 does nothing and is left out): greedy at T=0; else top-k, typical 1.0, top-p, min-p 0,
+        temperature, then a draw seeded with `seed` (a negative T: the draw alone)."""
+        if temperature == 0:
+            return llama_cpp.llama_sampler_init_greedy()
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if temperature > 0:
+            for s in (llama_cpp.llama_sampler_init_top_k(max(0, top_k)), llama_cpp.llama_sampler_init_typical(1.0, 1),
+                      llama_cpp.llama_sampler_init_top_p(top_p, 1), llama_cpp.llama_sampler_init_min_p(0.0, 1),
+                      llama_cpp.llama_sampler_init_temp(temperature)):
+                llama_cpp.llama_sampler_chain_add(chain, s)
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
     def generate(prompts: list[list[int]], temperature: float = 0.0, top_p: float = 1.0, top_k: int = -1,
                  max_tokens: int = 64, seed: int | None = None, stop: list[str] | None = None, n: int = 1) -> list:
-        """llama.cpp's own sampling loop (Llama.generate) so that token ids come back with the text.
-        Sample i is seeded with seed + i (vLLM's convention for n > 1); greedy samples are identical
-        by definition, so one is generated and repeated, as the vLLM worker does."""
-        eos = llm.token_eos()
+        """Generations with their token ids, through llama.cpp's C API the way llama-server runs its
+        slots: up to GENERATE_SLOTS sequences decode together, one token each per llama_decode, a
+        finished sequence's slot taking the next prompt (its prefill rides in the same decodes);
+        logits only where a token is sampled, and the sampling in C (llama.cpp's sampler chain, as
+        llama-cpp-python builds it). Per sequence the text grows token by token (StopText) and the
+        generation ends at an end-of-generation token (not kept), at the first stop string (the
+        text ends before it; its tokens are kept) or after max_tokens tokens.
+
+        Sample i of a prompt is seeded with seed + i (vLLM's convention for n > 1; without a seed
+        the worker's own); greedy samples are identical by definition, so one is generated and
+        repeated, as the vLLM worker does. Greedy text and ids are the same as llama-cpp-python's
+        one-prompt-at-a-time Llama.generate loop gave (quantkit.benchmarks.task_time checks it)."""
         draws = 1 if temperature == 0 else n
-        results = []
-        for prompt in prompts:
-            samples = []
-            for i in range(draws):
-                if seed is not None:
-                    llm.set_seed(seed + i)
-                ids: list[int] = []
-                finish = "length"
-                text = ""
-                for tok in llm.generate(list(prompt), temp=temperature, top_p=top_p,
-                                        top_k=max(0, top_k), min_p=0.0, reset=True):
-                    if tok == eos or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
-                        finish = "stop"
-                        break
-                    ids.append(tok)
-                    text = llm.detokenize(ids).decode("utf-8", errors="replace")
-                    if stop and any(s in text for s in stop):
-                        text = text[: min(text.index(s) for s in stop if s in text)]
-                        finish = "stop"
-                        break
-                    if len(ids) >= max_tokens:
-                        break
-                samples.append({"text": text, "token_ids": ids, "finish_reason": finish})
-            results.append(samples * n if draws == 1 else samples)
-        return results
+        base = base_seed if seed is None else seed
+        jobs = [(p, i) for p in range(len(prompts)) for i in range(draws)]
+        results: list[list] = [[None] * draws for _ in prompts]
+        if not jobs:
+            return []
+        slots = min(len(jobs), GENERATE_SLOTS)
+        per_seq = -(-(max(len(p) for p in prompts) + max(1, max_tokens)) // 256) * 256
+        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
+        cparams.n_seq_max = slots
+        cparams.n_ctx = per_seq * slots  # each sequence gets n_ctx / n_seq_max (KV not unified)
+        cparams.kv_unified = False
+        cparams.n_batch = max(cparams.n_batch, slots)
+        cparams.n_ubatch = max(cparams.n_ubatch, slots)
+        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {slots} sequences of {per_seq} tokens")
+        mem = llama_cpp.llama_get_memory(ctx)
+        batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        greedy = llama_cpp.llama_sampler_init_greedy()
+        pending = list(reversed(jobs))
+        active: dict[int, dict] = {}  # slot -> its sequence
+        feed: list[tuple[int, int, int, bool]] = []  # (token, position, slot, sample after it)
+
+        def done(seq: dict, finish: str) -> None:
+            p, i = seq["job"]
+            results[p][i] = {"text": seq["text"].finish(), "token_ids": seq["ids"], "finish_reason": finish}
+            if seq["sampler"] is not greedy:
+                llama_cpp.llama_sampler_free(seq["sampler"])
+            del active[seq["slot"]]
+
+        def take(seq: dict, tok: int) -> None:
+            """A sampled token: end the sequence, or feed the token back at its next position."""
+            if tok == eos or llama_cpp.llama_vocab_is_eog(vocab, tok):
+                return done(seq, "stop")
+            ids = seq["ids"]
+            ids.append(tok)
+            b = piece(tok)
+            if ids[0] == bos and not seq["text"].size and b[:1] == b" ":
+                b = b[1:]  # as Llama.detokenize: a leading space goes when the first token is BOS
+            if seq["text"].add(b):
+                return done(seq, "stop")
+            if len(ids) >= max_tokens:
+                return done(seq, "length")
+            feed.append((tok, seq["pos"], seq["slot"], True))
+            seq["pos"] += 1
+
+        try:
+            while pending or active:
+                for slot in range(slots):  # free slots take the next prompts; their prefill joins this step
+                    if slot in active or not pending:
+                        continue
+                    p, i = pending.pop()
+                    llama_cpp.llama_memory_seq_rm(mem, slot, -1, -1)
+                    prompt = list(prompts[p])
+                    smpl = greedy if temperature == 0 else sampler(temperature, top_p, top_k, base + i)
+                    active[slot] = {"job": (p, i), "slot": slot, "ids": [], "pos": len(prompt), "sampler": smpl,
+                                    "text": StopText(stop)}
+                    feed += [(tok, pos, slot, pos == len(prompt) - 1) for pos, tok in enumerate(prompt)]
+                # by sequence, then position: llama.cpp splits a batch over several KV streams into
+                # micro-batches of consecutive sequence ids (llama_batch_allocr::split_equal), so
+                # in slot order a step of one token per sequence is one graph, not one per run of slots
+                todo, feed[:] = sorted(feed, key=lambda item: (item[2], item[1])), []
+                for start in range(0, len(todo), cparams.n_batch):
+                    chunk = todo[start:start + cparams.n_batch]
+                    for k, (tok, pos, slot, want) in enumerate(chunk):
+                        batch.token[k], batch.pos[k], batch.n_seq_id[k] = tok, pos, 1
+                        batch.seq_id[k][0], batch.logits[k] = slot, want
+                    batch.n_tokens = len(chunk)
+                    rc = llama_cpp.llama_decode(ctx, batch)
+                    if rc != 0:
+                        raise RuntimeError(f"llama_decode returned {rc}")
+                    for k, (_, _, slot, want) in enumerate(chunk):
+                        if want:
+                            seq = active[slot]
+                            take(seq, llama_cpp.llama_sampler_sample(seq["sampler"], ctx, k))
+        finally:
+            for seq in active.values():
+                if seq["sampler"] is not greedy:
+                    llama_cpp.llama_sampler_free(seq["sampler"])
+            llama_cpp.llama_sampler_free(greedy)
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
+        return [samples * n if draws == 1 else samples for samples in results]
 
     def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
         """For each sequence, per position i>=1: {"token": logprob of ids[i], "top": [[id, logprob], ...]}.
 
         llama.cpp returns full logits for every position, so the top-k here is a truncation we
-        choose for uniformity with vLLM, not the engine's limit."""
+        choose for uniformity with vLLM, not the engine's limit. The sequences go through llama.cpp's
+        C API several at a time, each in its own sequence (its own KV stream, so its attention sees
+        the same cells as alone): sorted by length and packed into decodes of up to n_batch
+        tokens, a pack's shorter sequences padded at their end to its longest (causal attention:
+        the padding changes no earlier position, and its logits are not computed), so that llama.cpp
+        runs each pack as one graph instead of one per sequence."""
         import numpy as np
 
-        out_all = []
-        for token_ids in sequences:
-            llm.reset()
-            llm.eval(token_ids)
-            logits = np.asarray(llm.scores[: len(token_ids)], dtype=np.float64)
-            logits -= logits.max(axis=1, keepdims=True)
-            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-            rows = []
-            for pos in range(1, len(token_ids)):
-                dist = logp[pos - 1]
-                top = np.argpartition(-dist, top_k)[:top_k]
-                top = top[np.argsort(-dist[top])]
-                rows.append({"token": float(dist[token_ids[pos]]), "top": [[int(t), float(dist[t])] for t in top]})
-            out_all.append(rows)
+        if not sequences:
+            return []
+        n_batch = int(llm.context_params.n_batch)
+        packs = pack_by_length([len(s) for s in sequences], n_batch, LOGPROB_SLOTS)
+        slots = max(map(len, packs))
+        per_seq = -(-max(len(s) for s in sequences) // 256) * 256
+        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
+        cparams.n_seq_max = slots
+        cparams.n_ctx = per_seq * slots
+        cparams.kv_unified = False
+        cparams.n_batch = cparams.n_ubatch = max(n_batch, slots)
+        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {slots} sequences of {per_seq} tokens")
+        batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        mem = llama_cpp.llama_get_memory(ctx)
+        n_vocab = llm.n_vocab()
+        out_all: list = [None] * len(sequences)
+        try:
+            for pack in packs:
+                llama_cpp.llama_memory_clear(mem, True)
+                length = len(sequences[pack[0]])
+                # logits where a next token is predicted: not at a sequence's last token, nor on padding
+                items = [(sequences[i][min(pos, len(sequences[i]) - 1)], pos, slot, pos < len(sequences[i]) - 1)
+                         for pos in range(length) for slot, i in enumerate(pack)]
+                logits: dict[tuple[int, int], np.ndarray] = {}
+                for start in range(0, len(items), cparams.n_batch):  # one decode unless a sequence is longer
+                    chunk = items[start:start + cparams.n_batch]
+                    for k, (tok, pos, slot, want) in enumerate(chunk):
+                        batch.token[k], batch.pos[k], batch.n_seq_id[k] = tok, pos, 1
+                        batch.seq_id[k][0], batch.logits[k] = slot, want
+                    batch.n_tokens = len(chunk)
+                    rc = llama_cpp.llama_decode(ctx, batch)
+                    if rc != 0:
+                        raise RuntimeError(f"llama_decode returned {rc}")
+                    for k, (_, pos, slot, want) in enumerate(chunk):
+                        if want:
+                            row = llama_cpp.llama_get_logits_ith(ctx, k)
+                            logits[slot, pos] = np.ctypeslib.as_array(row, shape=(n_vocab,)).astype(np.float64)
+                for slot, i in enumerate(pack):
+                    token_ids = sequences[i]
+                    if len(token_ids) < 2:
+                        out_all[i] = []
+                        continue
+                    lg = np.stack([logits[slot, pos] for pos in range(len(token_ids) - 1)])
+                    lg -= lg.max(axis=1, keepdims=True)
+                    logp = lg - np.log(np.exp(lg).sum(axis=1, keepdims=True))
+                    rows = []
+                    for pos in range(1, len(token_ids)):
+                        dist = logp[pos - 1]
+                        top = np.argpartition(-dist, top_k)[:top_k]
+                        top = top[np.argsort(-dist[top])]
+                        rows.append({"token": float(dist[token_ids[pos]]),
+                                     "top": [[int(t), float(dist[t])] for t in top]})
+                    out_all[i] = rows
+        finally:
+            llama_cpp.llama_batch_free(batch)
+            llama_cpp.llama_free(ctx)
         return out_all
 
     def topk_logprobs(sequences: list[list[int]], score_from: int, top_k: int,
@@ -192,6 +351,54 @@ def main(settings: dict) -> None:
 
     serve({"generate": generate, "logprobs": logprobs, "topk_logprobs": topk_logprobs, "bench": bench, "memory": memory,
            "info": info}, out)
+
+
+def pack_by_length(lengths: list[int], n_batch: int, slots: int) -> list[list[int]]:
+    """Indices of sequences grouped for `logprobs`: longest first, each pack at most `slots`
+    sequences whose count times the pack's longest length fits n_batch (every sequence is padded
+    to the longest); a sequence longer than n_batch is a pack of its own."""
+    packs: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if packs and len(packs[-1]) < slots and (len(packs[-1]) + 1) * lengths[packs[-1][0]] <= n_batch:
+            packs[-1].append(i)
+        else:
+            packs.append([i])
+    return packs
+
+
+class StopText:
+    """The text of one generation as its tokens' bytes arrive, cut at the first stop string.
+
+    Decoded incrementally (UTF-8, invalid bytes replaced, a character split across tokens waits for
+    its last byte), so the text is the same as decoding all the bytes at once; each new piece is
+    searched for the stop strings together with the last len(longest stop) - 1 characters before
+    it, so a stop string split across tokens is found on the token that completes it, and the
+    earliest one wins, as HFLM's and the old loop's full-text search."""
+
+    def __init__(self, stop: list[str] | None = None):
+        self.stops = [s for s in (stop or []) if s]
+        self._overlap = max((len(s) for s in self.stops), default=1) - 1
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text, self.size, self.stopped, self._final = "", 0, False, False
+
+    def add(self, data: bytes) -> bool:
+        """Append a token's bytes; True once a stop string has appeared (the text then ends before it)."""
+        if self.stopped:
+            return True
+        self.size += len(data)
+        start = max(0, len(self.text) - self._overlap)
+        self.text += self._decoder.decode(data)
+        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)], True
+        return self.stopped
+
+    def finish(self) -> str:
+        """The final text (a character left incomplete by the last token becomes U+FFFD)."""
+        if not (self.stopped or self._final):
+            self.text += self._decoder.decode(b"", final=True)
+            self._final = True
+        return self.text
 
 
 def reduce_rows(logits, targets, top_k: int, ids=None) -> dict:
