@@ -155,11 +155,11 @@ def _run_group(store: Store, run: Run, group: Group, setup: str, console: Consol
     except a dead engine, which the caller handles. `setup` digests the group's conditions. Every
     figure records what ran before it in the same engine process."""
     key, ran_before = run.keys[group.name], list(run.history)
-    run.history.append(group.name)
     with clock.stage("group", model=run.target.name, engine=run.target.engine.name, what=group.name) as row:
         try:
-            figs = group.measure(run)
+            figs = group.measure(run)  # run.history: what ran before it (memory records it as peak_after_groups)
         except Exception as e:
+            run.history.append(group.name)  # it ran, and failed
             if not run.engine_alive():
                 raise
             row["status"] = "failed"
@@ -167,6 +167,7 @@ def _run_group(store: Store, run: Run, group: Group, setup: str, console: Consol
             store.put(key, [run.failed(group.name, reason, conditions={"ran_before": ran_before})])
             console.print(f"  [red]{group.name} failed[/]: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
             return
+    run.history.append(group.name)
     for f in figs:  # lets the leaderboard tell figures measured the same way from the others
         f.conditions.setdefault("setup", setup)
         f.conditions.setdefault("compared_with", run.reference_name)

@@ -33,7 +33,7 @@ class DummyGroup(Group):
 
     def measure(self, run):
         return [run.fig("dummy", "answer", float(run.worker.call("answer")), None, 1, "widgets",
-                        conditions={"asked": "answer"})]
+                        conditions={"asked": "answer", "history_seen": list(run.history)})]
 
 
 class AfterDummy(Group):
@@ -44,6 +44,7 @@ class AfterDummy(Group):
         return {}
 
     def measure(self, run):
+        assert run.history == ["dummy"], run.history  # what ran before it, never itself
         raise RuntimeError("this group always fails")
 
 
@@ -159,6 +160,7 @@ def test_dummy_group_runs_through_compare_keyed_by_its_conditions(dummy_groups, 
     answer = figs[("dummy", "answer")]
     assert answer.value == 42.0 and answer.unit == "widgets" and answer.engine == "fake"
     assert answer.conditions["ran_before"] == [] and answer.conditions["compared_with"] == "reference"
+    assert answer.conditions["history_seen"] == []  # a group never sees itself in run.history (memory's peak)
     failed = figs[("dummy_after", "failed")]
     assert failed.status == "failed" and "this group always fails" in failed.reason
     assert failed.conditions["ran_before"] == ["dummy"]
