@@ -161,7 +161,8 @@ def compare_runs(before: dict, after: dict) -> list[str]:
     for name in ["group", *after["parts_seconds"]]:
         b = before["group_seconds"] if name == "group" else before["parts_seconds"].get(name, 0.0)
         a = after["group_seconds"] if name == "group" else after["parts_seconds"][name]
-        lines.append(f"  {name:20s} {b:8.1f} s -> {a:8.1f} s  ({b / a:.1f}x)" if a > 0 else f"  {name:20s} {b:8.1f} s -> {a:8.1f} s")
+        ratio = f"  ({b / a:.1f}x)" if min(a, b) >= 0.05 else ""  # no ratio of two noughts
+        lines.append(f"  {name:20s} {b:8.1f} s -> {a:8.1f} s{ratio}")
     same_text = sum(x == y for x, y in zip(before["generations"], after["generations"]))
     lines.append(f"  same generated text: {same_text}/{len(after['generations'])}")
     lls = list(zip(before["loglikelihoods"], after["loglikelihoods"]))
