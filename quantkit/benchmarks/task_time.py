@@ -121,7 +121,8 @@ def measure(variant: str, tasks: list[str], limit: int, engine: str | None = Non
     parts["scoring_and_lm_eval"] = total - sum(parts.values())
     settings = target.worker_settings()
     return {
-        "variant": variant, "worker_code": str(worker_root or paths.REPO_ROOT), "engine": f"{info['engine']} {info['version']}", "tasks": tasks, "limit": limit,
+        "variant": variant, "worker_code": str(worker_root or paths.REPO_ROOT),
+        "engine": f"{info['engine']} {info['version']}", "tasks": tasks, "limit": limit,
         "group_seconds": total, "parts_seconds": parts, "engine_start_seconds": start_s,
         "stats": {op: dict(s) for op, s in scorer.stats.items()}, "engine_cpu_seconds": scorer.engine_cpu,
         "metrics": {f"{r['task']}:{r['metric']}": r["value"] for r in rows},

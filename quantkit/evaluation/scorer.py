@@ -55,7 +55,8 @@ class WorkerScorer:
 
     def generate(self, prompts_ids: list[list[int]], until: list[str], max_tokens: int) -> list[str]:
         t0 = time.perf_counter()
-        texts, made, ends = [], 0, Counter()
+        texts: list[str] = []
+        made, ends = 0, Counter[str]()
         for i in range(0, len(prompts_ids), CHUNK):
             outs = self.worker.call("generate", prompts=prompts_ids[i:i + CHUNK], temperature=0.0,
                                     max_tokens=max_tokens, stop=until or None, seed=0)
