@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.quantkit-installed
 
-.PHONY: install setup browser demo test test-slow unit doctor crosscheck clean
+.PHONY: install setup browser lint demo test test-slow unit doctor crosscheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,13 @@ browser:
 	  echo "chromium could not be installed: the HTML leaderboard browser test will skip"
 
 # The whole test suite: unit tests and integration tests against the real engines.
-test: setup browser
+test: setup browser lint
 	$(BIN)/pytest -q -rs tests
+
+# ruff and mypy (configured in pyproject.toml), run by `make test` before the tests.
+lint: install
+	$(BIN)/ruff check quantkit tests
+	$(BIN)/mypy
 
 # The long matrices kept out of the default run (more kill points, more engines).
 test-slow: setup

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +35,7 @@ def _fail(e: QuantkitError) -> None:
 
 @app.command()
 def setup(
-    engines: Optional[List[str]] = typer.Option(None, "--engines", "-e",
+    engines: list[str] | None = typer.Option(None, "--engines", "-e",
                                                 help="steps to run: data, compressor, llamacpp, vllm, reference "
                                                      "(comma-separated or repeated; default: all)"),
     force: bool = typer.Option(False, "--force", help="rebuild even what is already ready"),
@@ -65,7 +64,7 @@ def doctor(fast: bool = typer.Option(False, "--fast", help="skip importing each 
 @app.command()
 def build(
     recipe: str = typer.Argument(..., help="recipe YAML file, e.g. recipes/smollm2_gptq_w4a16.yaml"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override a recipe field: key.path=value"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a recipe field: key.path=value"),
     force: bool = typer.Option(False, "--force", help="rebuild even if an identical variant exists"),
 ) -> None:
     """Build a quantized variant from a recipe (atomically; identical recipes are reused)."""
@@ -82,7 +81,7 @@ def build(
     verb = "reused" if reused else f"built in {m.get('build_seconds')} s"
     bpw = m.get("bits_per_weight")
     console.print(f"[green]{variant.name}[/] {verb}: {m.get('format')}, "
-                  f"{'%.2f bits/weight' % bpw if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
+                  f"{f'{bpw:.2f} bits/weight' if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
 
 
 def _engine_options(opts: list[str] | None) -> dict:
@@ -102,10 +101,10 @@ def serve(
     variant: str = typer.Argument(..., help="variant name or folder, or `reference`"),
     port: int = typer.Option(8000, "--port"),
     host: str = typer.Option("127.0.0.1", "--host"),
-    engine: Optional[str] = typer.Option(None, "--engine", help="vllm | llamacpp (default: by format)"),
-    kv_cache_dtype: Optional[str] = typer.Option(None, "--kv-cache-dtype",
+    engine: str | None = typer.Option(None, "--engine", help="vllm | llamacpp (default: by format)"),
+    kv_cache_dtype: str | None = typer.Option(None, "--kv-cache-dtype",
                                                  help="vLLM: fp8, fp8_e4m3, fp8_e5m2; llama.cpp: f16, q8_0, q4_0, ..."),
-    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o",
+    opt: list[str] | None = typer.Option(None, "--opt", "-o",
                                             help="engine setting under the engine's own name, e.g. "
                                                  "-o max_model_len=4096, -o n_threads=2"),
 ) -> None:
@@ -134,24 +133,24 @@ def serve(
 
 @app.command()
 def compare(
-    names: Optional[List[str]] = typer.Argument(None, help="variants to compare (each with its source model as the reference)"),
+    names: list[str] | None = typer.Argument(None, help="variants to compare (each with its source model as the reference)"),
     all_: bool = typer.Option(False, "--all", help="every complete variant"),
     tasks: str = typer.Option("", "--tasks", help="comma-separated lm-eval tasks: arc_easy, arc_challenge, "
                                                   "hellaswag, mmlu, gsm8k (default: none with --quick, all otherwise)"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="documents per task"),
+    limit: int | None = typer.Option(None, "--limit", help="documents per task"),
     quick: bool = typer.Option(False, "--quick", help="small windows, batches and limits for a fast pass"),
     force: bool = typer.Option(False, "--force", help="re-measure figures already stored"),
     temperatures: str = typer.Option("", "--temperatures", help="sampling sweep on GSM8K, e.g. 0,0.6,1.0,1.5"),
     top_p: float = typer.Option(1.0, "--top-p", help="top_p for the sampling sweep"),
-    samples: Optional[int] = typer.Option(None, "--samples", help="seeded samples per problem in the sweep"),
-    sweep_problems: Optional[int] = typer.Option(None, "--sweep-problems",
+    samples: int | None = typer.Option(None, "--samples", help="seeded samples per problem in the sweep"),
+    sweep_problems: int | None = typer.Option(None, "--sweep-problems",
                                                  help="GSM8K problems in the sweep (default 50; 10 with --quick)"),
-    db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
-    opt: Optional[List[str]] = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
+    db: str | None = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
+    opt: list[str] | None = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
     executor: str = typer.Option("local", "--executor", help="where engine workers run: local (subprocesses here) "
                                  "or ray (Ray actors on a cluster's nodes; model files on a shared filesystem, "
                                  "engine envs made by `quantkit setup` on each node)"),
-    address: Optional[str] = typer.Option(None, "--address", help="with --executor ray: auto (the cluster this "
+    address: str | None = typer.Option(None, "--address", help="with --executor ray: auto (the cluster this "
                                           "machine joined) or HOST:PORT of its head; default: a local Ray instance"),
 ) -> None:
     """Measure fidelity, probes, tasks, speed and memory of variants side by side (resumable)."""
@@ -198,9 +197,9 @@ def leaderboard(
     format_: str = typer.Option("md", "--format", help="export format, from the exporter registry "
                                 "(quantkit/results/exporters): md, csv, json, html, or any registered one; "
                                 "--formats lists them"),
-    out: Optional[str] = typer.Option(None, "--out", help="write to this file instead of printing"),
-    plots: Optional[str] = typer.Option(None, "--plots", help="write PNG plots into this folder"),
-    db: Optional[str] = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
+    out: str | None = typer.Option(None, "--out", help="write to this file instead of printing"),
+    plots: str | None = typer.Option(None, "--plots", help="write PNG plots into this folder"),
+    db: str | None = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
     formats: bool = typer.Option(False, "--formats", help="list the registered export formats and exit"),
 ) -> None:
     """Export the stored results as a leaderboard in any registered format (markdown, CSV, JSON, a
@@ -251,10 +250,9 @@ def list_variants() -> None:
                       f"{size / 2**20:.1f} MiB", f"{bpw:.2f}", "yes")
     for v in variants.all_variants():
         m = v.manifest
-        size = m.get("weights_bytes")
-        bpw = m.get("bits_per_weight")
+        v_size, v_bpw = m.get("weights_bytes"), m.get("bits_per_weight")
         table.add_row(v.name, v.method, v.format, m.get("engine", "?"),
-                      f"{size / 2**20:.1f} MiB" if size else "-", f"{bpw:.2f}" if bpw else "-",
+                      f"{v_size / 2**20:.1f} MiB" if v_size else "-", f"{v_bpw:.2f}" if v_bpw else "-",
                       "[green]yes" if v.complete else "[red]no (incomplete)")
     console.print(table)
 

@@ -176,7 +176,10 @@ async def _level(url: str, model: str, prompts: list[list[int]], concurrency: in
 
     sem = asyncio.Semaphore(concurrency)
     timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    # force_close: a new connection per request. llama-server closes idle keep-alive connections on
+    # its own schedule, and a reused one then fails as ServerDisconnectedError mid-sweep.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         async def guarded(p):
             async with sem:
                 return await _one(session, url, model, p, max_tokens)

@@ -90,7 +90,7 @@ class WorkerClient:
         stop_tree(self._proc)
         self._log.close()
 
-    def __enter__(self) -> "WorkerClient":
+    def __enter__(self) -> WorkerClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

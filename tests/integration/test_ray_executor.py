@@ -217,7 +217,7 @@ def test_a_node_killed_mid_group_fails_that_group_and_a_rerun_finishes(gguf, clu
     by_key: dict[str, list] = {}
     for f in figs:
         by_key.setdefault(f.key, []).append(f)
-    for key, rows in by_key.items():  # a measurement is all ok rows, or one failed row: nothing half-written
+    for rows in by_key.values():  # a measurement is all ok rows, or one failed row: nothing half-written
         assert all(r.status == "ok" for r in rows) or (len(rows) == 1 and rows[0].status == "failed"), rows
     [failed] = [f for f in figs if f.group == PROBE]
     assert failed.status == "failed", failed
