@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from quantkit.errors import ConfigError
 from quantkit.results.store import Figure
 
@@ -18,16 +20,29 @@ if TYPE_CHECKING:
     from quantkit.server import EngineServer
 
 
-@dataclass
-class CompareConfig:
-    tasks: list[str] = field(default_factory=list)
+# Named presets: settings a preset changes from the defaults. `quick` is a smoke test (4 x 256
+# fidelity windows, small batches, concurrency 1 and 4), not a measurement to rank variants by.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {"window_len": 256, "windows": 4, "bench_batch": 4, "bench_input": 64, "bench_output": 32,
+              "bench_repeats": 3, "serving_levels": (1, 4), "serving_output": 32, "serving_repeats": 2,
+              "sweep_samples": 4, "sweep_problems": 10},
+}
+
+
+class CompareConfig(BaseModel):
+    """How `compare` measures: validated once (pydantic, unknown fields refused), then read by the
+    groups, whose `conditions` put the fields they depend on into their measurement keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[str] = Field(default_factory=list)
     limit: int | None = None
     quick: bool = False
     force: bool = False
     # fidelity: the baseline's top-K ids per position; KL is exact over them plus a tail bucket, a
     # lower bound that misses the KL inside the tail. SmolLM2-135M is diffuse on LAMBADA (top-128
     # holds ~90% of the mass): K=128 gives ~0.85 of the full KL, K=4096 0.99 (README, fidelity.py)
-    top_k: int = 4096
+    top_k: int = Field(4096, strict=True)  # strict: True is not a K
     window_len: int = 512
     windows: int = 64  # 64 x 512, second halves scored: 16,384 positions
     bench_batch: int = 8
@@ -46,19 +61,37 @@ class CompareConfig:
     # registered group that applies to this configuration
     groups: tuple[str, ...] = ()
 
-    @classmethod
-    def make(cls, quick: bool, **kw) -> CompareConfig:
-        base = {"window_len": 256, "windows": 4, "bench_batch": 4, "bench_input": 64, "bench_output": 32,
-                "bench_repeats": 3, "serving_levels": (1, 4), "serving_output": 32, "serving_repeats": 2,
-                "sweep_samples": 4, "sweep_problems": 10} if quick else {}
-        return cls(quick=quick, **{**base, **{k: v for k, v in kw.items() if v is not None}})
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field_name = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"compare setting {field_name!r}: {msg}" if field_name else msg,
+                              hint=f"compare settings: {', '.join(type(self).model_fields)}") from None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ConfigError(f"fidelity top_k must be a positive whole number of token ids, not {self.top_k!r}",
-                              hint="the default is 4096 (within ~1% of the full KL on the embedded model)")
+    @classmethod
+    def preset(cls, name: str | None, **kw: Any) -> CompareConfig:
+        """The defaults, changed by preset `name` (see PRESETS), then by `kw` (None values ignored)."""
+        if name is not None and name not in PRESETS:
+            raise ConfigError(f"unknown compare preset {name!r}", hint=f"presets: {', '.join(PRESETS)}")
+        base = PRESETS[name] if name else {}
+        return cls(**{**base, **({"quick": True} if name == "quick" else {}),
+                      **{k: v for k, v in kw.items() if v is not None}})
+
+    @classmethod
+    def make(cls, quick: bool, **kw: Any) -> CompareConfig:
+        return cls.preset("quick" if quick else None, **kw)
+
+    @model_validator(mode="after")
+    def _check(self) -> CompareConfig:
+        if self.top_k < 1:
+            raise ValueError(f"fidelity top_k must be a positive whole number of token ids, not {self.top_k!r} "
+                             "(the default is 4096, within ~1% of the full KL on the embedded model)")
         if self.window_len < 4 or self.windows < 1:
-            raise ConfigError(f"fidelity windows must be at least 1 x 4 tokens, not {self.windows} x {self.window_len}")
+            raise ValueError(f"fidelity windows must be at least 1 x 4 tokens, not {self.windows} x {self.window_len}")
+        return self
 
 
 def digest(obj: Any) -> str:
