@@ -38,6 +38,16 @@ def main(settings: dict) -> None:
     kv_ids = {k: getattr(llama_cpp, f"GGML_TYPE_{v.upper()}") for k, v in kv.items()}
     seed_setting = int(settings.get("seed", 0))
     llm = Llama(model_path=model, verbose=False, logits_all=True, **kv_ids, **settings)
+
+    def decode(ctx, batch, items) -> None:
+        """One llama_decode of `items`, each (token, position, sequence id, wants logits)."""
+        for k, (tok, pos, seq, want) in enumerate(items):
+            batch.token[k], batch.pos[k], batch.n_seq_id[k] = tok, pos, 1
+            batch.seq_id[k][0], batch.logits[k] = seq, want
+        batch.n_tokens = len(items)
+        rc = llama_cpp.llama_decode(ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
     load_seconds = time.time() - t0
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -149,13 +159,7 @@ def main(settings: dict) -> None:
                 todo, feed[:] = sorted(feed, key=lambda item: (item[2], item[1])), []
                 for start in range(0, len(todo), cparams.n_batch):
                     chunk = todo[start:start + cparams.n_batch]
-                    for k, (tok, pos, slot, want) in enumerate(chunk):
-                        batch.token[k], batch.pos[k], batch.n_seq_id[k] = tok, pos, 1
-                        batch.seq_id[k][0], batch.logits[k] = slot, want
-                    batch.n_tokens = len(chunk)
-                    rc = llama_cpp.llama_decode(ctx, batch)
-                    if rc != 0:
-                        raise RuntimeError(f"llama_decode returned {rc}")
+                    decode(ctx, batch, chunk)
                     for k, (_, _, slot, want) in enumerate(chunk):
                         if want:
                             seq = active[slot]
@@ -209,13 +213,7 @@ def main(settings: dict) -> None:
                 logits: dict[tuple[int, int], np.ndarray] = {}
                 for start in range(0, len(items), cparams.n_batch):  # one decode unless a sequence is longer
                     chunk = items[start:start + cparams.n_batch]
-                    for k, (tok, pos, slot, want) in enumerate(chunk):
-                        batch.token[k], batch.pos[k], batch.n_seq_id[k] = tok, pos, 1
-                        batch.seq_id[k][0], batch.logits[k] = slot, want
-                    batch.n_tokens = len(chunk)
-                    rc = llama_cpp.llama_decode(ctx, batch)
-                    if rc != 0:
-                        raise RuntimeError(f"llama_decode returned {rc}")
+                    decode(ctx, batch, chunk)
                     for k, (_, pos, slot, want) in enumerate(chunk):
                         if want:
                             row = llama_cpp.llama_get_logits_ith(ctx, k)
@@ -297,15 +295,9 @@ def main(settings: dict) -> None:
         batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
         mem = llama_cpp.llama_get_memory(ctx)
 
-        def decode(items: list[tuple[int, int, int, bool]]) -> list[int]:
-            """One llama_decode of (token, position, sequence, wants logits); greedy picks, in order."""
-            for i, (tok, pos, seq, want) in enumerate(items):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = tok, pos, 1
-                batch.seq_id[i][0], batch.logits[i] = seq, want
-            batch.n_tokens = len(items)
-            rc = llama_cpp.llama_decode(ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode returned {rc}")
+        def decode_greedy(items: list[tuple[int, int, int, bool]]) -> list[int]:
+            """One decode of `items`; the greedy picks where logits were asked for, in order."""
+            decode(ctx, batch, items)
             return [llama_cpp.llama_sampler_sample(smpl, ctx, i) for i, it in enumerate(items) if it[3]]
 
         def run(seqs: list[list[int]], n_out: int) -> dict:
@@ -314,11 +306,11 @@ def main(settings: dict) -> None:
             flat = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(seqs) for pos, tok in enumerate(p)]
             last: list[int] = []
             for i in range(0, len(flat), cparams.n_batch):
-                last += decode(flat[i:i + cparams.n_batch])
+                last += decode_greedy(flat[i:i + cparams.n_batch])
             t_first = time.perf_counter()
             first_seq = [last[0]]
             for step in range(1, n_out):
-                last = decode([(tok, len(p) + step - 1, s, True) for s, (tok, p) in enumerate(zip(last, seqs))])
+                last = decode_greedy([(tok, len(p) + step - 1, s, True) for s, (tok, p) in enumerate(zip(last, seqs))])
                 first_seq.append(last[0])
             t_end = time.perf_counter()
             return {"seconds": t_end - t0, "output_tokens": len(seqs) * n_out, "prefill_seconds": t_first - t0,
