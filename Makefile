@@ -48,6 +48,8 @@ test: setup browser lint
 lint: install
 	$(BIN)/ruff check quantkit tests
 	$(BIN)/mypy
+	# Imports every test module (seconds): a module that fails at import stops the run before any engine starts.
+	$(BIN)/pytest -q --collect-only tests >/dev/null || ($(BIN)/pytest -q --collect-only tests | tail -30; exit 1)
 
 # The long matrices kept out of the default run (more kill points, more engines).
 test-slow: setup

@@ -56,6 +56,8 @@ from quantkit.execution.local import LocalExecutor
 KLD_TOLERANCE = 0.02  # relative, mean KLD
 TOP1_TOLERANCE = 0.005  # absolute, same top-1 (0.5 points)
 
+DEFAULT_TOP_K: int = CompareConfig.model_fields["top_k"].default  # compare's K, so the cross-check measures what compare stores
+
 
 @dataclass
 class KldFile:
@@ -161,7 +163,7 @@ def tokenization_check(kld: KldFile, stream: list[int], add_bos: bool, bos: int)
             "bos_prepended": add_bos}
 
 
-def run(variants: list[str], *, windows: int = 16, window_len: int = 512, top_k: int = CompareConfig.top_k,
+def run(variants: list[str], *, windows: int = 16, window_len: int = 512, top_k: int = DEFAULT_TOP_K,
         full_windows: int = 0,
         work: Path | None = None, threads: int | None = None, echo=print) -> dict:
     """Everything the cross-check measures, as a dict (the CLI prints it; the test asserts on it)."""
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("variants", nargs="+", help="GGUF variants of the embedded model (e.g. smollm2-gguf-q4_k_m)")
     ap.add_argument("--windows", type=int, default=16)
     ap.add_argument("--window-len", type=int, default=512)
-    ap.add_argument("--top-k", type=int, default=CompareConfig.top_k, help="quantkit's K (default: compare's)")
+    ap.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="quantkit's K (default: compare's)")
     ap.add_argument("--full-windows", type=int, default=0, help="also compute the full-vocabulary KL on this many windows")
     ap.add_argument("--threads", type=int, default=None, help="llama-perplexity -t (default: its own)")
     ap.add_argument("--keep", type=Path, default=None, help="folder for the text, base.kld and logs (default: a temp dir)")
