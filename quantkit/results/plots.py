@@ -24,9 +24,9 @@ def _figs(source: Store | list[Figure]) -> list[Figure]:
     return source.figures() if isinstance(source, Store) else source
 
 
-def _series(figs: list[Figure], group: str, metric: str) -> Series:
+def _series(figs: list[Figure], group: str, metric: str, **params) -> Series:
     return {f.variant: (f.value, f.uncertainty) for f in figs
-            if f.group == group and f.metric == metric and f.status == "ok" and f.value is not None}
+            if f.group == group and f.metric == metric and f.params == params and f.status == "ok" and f.value is not None}
 
 
 def pareto(points: list[tuple[str, float, float]]) -> list[str]:
@@ -40,9 +40,10 @@ def pareto(points: list[tuple[str, float, float]]) -> list[str]:
 
 
 def _accuracy(figs: list[Figure]) -> tuple[str, Series]:
-    tasks = sorted({f.group for f in figs if f.group.startswith("task:") and f.status == "ok"})
+    tasks = sorted({str(f.params.get("task")) for f in figs if f.group == "tasks" and f.status == "ok"})
     if tasks:
-        return f"{tasks[0][5:]} accuracy", _series(figs, tasks[0], "acc") or _series(figs, tasks[0], "exact_match")
+        task = tasks[0]
+        return f"{task} accuracy", _series(figs, "tasks", "acc", task=task) or _series(figs, "tasks", "exact_match", task=task)
     return "top-1 agreement with reference", _series(figs, "fidelity", "top1_agreement")
 
 

@@ -20,23 +20,28 @@ from dataclasses import dataclass, field
 
 from quantkit.evaluation.fidelity import below_floor, intervals_overlap
 from quantkit.evaluation.stats import tie
-from quantkit.results.store import Figure, Store
+from quantkit.results.store import Figure, ParamsKey, Quantity, Store
 from quantkit.sources import is_reference_name
 
 
 @dataclass(frozen=True)
 class Column:
-    """A leaderboard column: one stored figure (group, metric), or a label (variant, engine ...)."""
+    """A leaderboard column: one stored quantity (group, metric, params), or a label (variant, engine ...)."""
     title: str
     group: str = ""
     metric: str = ""
     fmt: str = "{}"
     higher_is_better: bool | None = None
     detail: bool = False  # the full statistics (CSV/JSON and on demand), not the markdown table
+    params: ParamsKey = ()  # the metric's parameters, e.g. (("concurrency", 4),)
 
     @property
     def is_label(self) -> bool:
         return not self.metric
+
+    @property
+    def quantity(self) -> Quantity:
+        return Quantity(self.group, self.metric, self.params)
 
 
 # (column title, group, metric, format, higher_is_better)
@@ -55,9 +60,9 @@ COLUMNS = [
     Column("KV tokens", "memory", "kv_capacity_tokens", "{:.0f}", None),
     Column("KV B/token", "memory", "kv_bytes_per_token", "{:.0f}", None),
     Column("tok/s (offline)", "speed", "offline_tokens_per_s", "{:.1f}", True),
-    Column("TTFT ms @1", "serving", "ttft_median_ms@1", "{:.0f}", False),
-    Column("ITL ms @1", "serving", "itl_median_ms@1", "{:.1f}", False),
-    Column("tok/s @4", "serving", "output_tokens_per_s@4", "{:.1f}", True),
+    Column("TTFT ms @1", "serving", "ttft_median_ms", "{:.0f}", False, params=(("concurrency", 1),)),
+    Column("ITL ms @1", "serving", "itl_median_ms", "{:.1f}", False, params=(("concurrency", 1),)),
+    Column("tok/s @4", "serving", "output_tokens_per_s", "{:.1f}", True, params=(("concurrency", 4),)),
     Column("roofline", "roofline", "fraction_of_bound", "{:.2f}", True),
 ]
 FIRST_COLUMNS = 2  # bits/weight and size come before the task columns
@@ -192,11 +197,14 @@ def section_names(figs: list[Figure]) -> list[str]:
     return sorted({section_of(f) for f in figs}, key=lambda r: (r != "reference", r)) or ["reference"]
 
 
+TASKS = "tasks"
+
+
 def task_columns(figs: list[Figure]) -> list[Column]:
-    """One column per task metric (not its per-question companions `metric:per_doc`, `:lost`...)."""
-    tasks = sorted({(f.group, f.metric) for f in figs
-                    if f.group.startswith("task:") and f.status == "ok" and ":" not in f.metric})
-    return [Column(f"{g[5:]} {m}", g, m, "{:.3f}", True) for g, m in tasks]
+    """One column per (task, metric) (not its per-question companions `metric:per_doc`, `:lost`...)."""
+    tasks = sorted({(str(f.params.get("task")), f.metric) for f in figs
+                    if f.group == TASKS and f.status == "ok" and ":" not in f.metric})
+    return [Column(f"{t} {m}", TASKS, m, "{:.3f}", True, params=(("task", t),)) for t, m in tasks]
 
 
 # groups the columns above (and the fidelity details, probes and sweep sections) already show;
@@ -208,12 +216,12 @@ STAGES = "stages"
 
 
 def group_columns(figs: list[Figure]) -> list[Column]:
-    """One column per metric of a group the leaderboard has no columns for (not its companion
-    figures `metric:...`)."""
-    metrics = sorted({(f.group, f.metric) for f in figs if f.status == "ok" and f.value is not None
-                      and f.group not in SHOWN_GROUPS | {STAGES} and not f.group.startswith("task:")
-                      and ":" not in f.metric})
-    return [Column(f"{g} {m}", g, m, "{:.4g}", None) for g, m in metrics]
+    """One column per quantity (metric and parameters) of a group the leaderboard has no columns
+    for (not its companion figures `metric:...`)."""
+    quantities = sorted({f.quantity for f in figs if f.status == "ok" and f.value is not None
+                         and f.group not in SHOWN_GROUPS | {STAGES} and ":" not in f.metric},
+                        key=lambda q: (q.group, q.metric, repr(q.params)))
+    return [Column(f"{q.group} {q}", q.group, q.metric, "{:.4g}", None, params=q.params) for q in quantities]
 
 
 def comparable(f: Figure, r: Figure) -> bool:
@@ -224,9 +232,12 @@ def comparable(f: Figure, r: Figure) -> bool:
     return f.group != "speed" or f.engine == r.engine
 
 
-def within_noise(f: Figure, r: Figure, vals: dict) -> bool:
-    if f.metric == "ppl" and ("fidelity", "ppl_ratio") in vals:  # paired: the same tokens for both
-        ratio = vals[("fidelity", "ppl_ratio")]
+PPL_RATIO = Quantity("fidelity", "ppl_ratio")
+
+
+def within_noise(f: Figure, r: Figure, vals: dict[Quantity, Figure]) -> bool:
+    if f.metric == "ppl" and PPL_RATIO in vals:  # paired: the same tokens for both
+        ratio = vals[PPL_RATIO]
         return ratio.uncertainty is not None and tie(_value(ratio), ratio.uncertainty, 1.0, 0.0)
     return tie(_value(f), f.uncertainty, _value(r), r.uncertainty)
 
@@ -240,8 +251,8 @@ def _value(f: Figure) -> float:
 def floors(figs: list[Figure], section: str = "reference") -> Floors:
     out = Floors()
     for f in figs:
-        if section_of(f) != section or f.status != "ok" or f.group != "fidelity":
-            continue
+        if section_of(f) != section or f.status != "ok" or f.group != "fidelity" or f.params:
+            continue  # (figures with parameters are KLD by confidence bucket, not the whole set's)
         if f.metric == "noise_kld_mean" and f.variant == section:
             out.noise = f
         role = str(f.conditions.get("role", ""))
@@ -266,11 +277,11 @@ def floor_marks(f: Figure, metric: str, engine: str, fl: Floors) -> tuple[str, .
     return tuple(marks)
 
 
-def flips(vals: dict, group: str, metric: str) -> Flips | None:
-    lost, gained, p = (vals.get((group, f"{metric}:{k}")) for k in ("lost", "gained", "mcnemar_p"))
+def flips(vals: dict[Quantity, Figure], q: Quantity) -> Flips | None:
+    lost, gained, p = (vals.get(Quantity(q.group, f"{q.metric}:{k}", q.params)) for k in ("lost", "gained", "mcnemar_p"))
     if lost is None or gained is None or p is None:
         return None
-    return Flips(lost.value, gained.value, p.value)
+    return Flips(_value(lost), _value(gained), _value(p))
 
 
 def _floor_part(f: Figure | None) -> Cell:
@@ -296,14 +307,14 @@ def floor_cell(engine: str, fl: Floors, reference_engine: str = DEFAULT_REFERENC
 def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
     """Rows are (variant, engine): the same variant measured on two engines gets two rows."""
     figs = [f for f in figs if section_of(f) == section]
-    by: dict[tuple[str, str], dict[tuple[str, str], Figure]] = defaultdict(dict)
-    failures: dict[tuple[str, str], dict] = defaultdict(dict)
+    by: dict[tuple[str, str], dict[Quantity, Figure]] = defaultdict(dict)
+    failures: dict[tuple[str, str], dict[str | Quantity, Figure]] = defaultdict(dict)
     for fig in figs:
         key = (fig.variant, fig.engine)
         if fig.status == "failed":  # a whole group (metric "failed"), or one figure of a group
-            failures[key][fig.group if fig.metric == "failed" else (fig.group, fig.metric)] = fig
+            failures[key][fig.group if fig.metric == "failed" else fig.quantity] = fig
         else:
-            by[key][(fig.group, fig.metric)] = fig
+            by[key][fig.quantity] = fig
     names = sorted(set(by) | set(failures), key=lambda k: (k[0] != section, k))
     cols = (COLUMNS[:FIRST_COLUMNS] + task_columns(figs) + COLUMNS[FIRST_COLUMNS:] + group_columns(figs)
             + DETAIL_COLUMNS)
@@ -317,20 +328,20 @@ def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
         any_fig = next(iter(vals.values()), None)
         cells = [label(variant), label(engine), label(any_fig.settings.get("kv_cache_type", "?") if any_fig else "?")]
         for col in cols:
-            group, metric = col.group, col.metric
-            f = vals.get((group, metric))
+            q = col.quantity
+            group, metric = q.group, q.metric
+            f = vals.get(q)
             if f is None or f.value is None:
                 failed = failures.get(key, {})
-                # task:* figures come from the "tasks" group, roofline from "serving"
-                source = "tasks" if group.startswith("task:") else "serving" if group == "roofline" else group
-                why = failed.get((group, metric)) or failed.get(group) or failed.get(source)
+                source = "serving" if group == "roofline" else group  # roofline comes from the serving sweep
+                why = failed.get(q) or failed.get(group) or failed.get(source)
                 if why is not None:
                     cells.append(missing(why.reason or "failed", failed=True, figure=why))
                 else:
                     cells.append(missing("not measured" if f is None else "not reported", figure=f))
                 continue
             cell = of(f, col.fmt)
-            r = ref.get((group, metric))
+            r = ref.get(q)
             if variant != section and r is not None and r.value is not None:
                 if not comparable(f, r):
                     cell.comparable = False
@@ -338,8 +349,8 @@ def main_table(figs: list[Figure], section: str, fl: Floors) -> Table:
                     cell.tie = True
             if variant != section and metric in ("kld_mean", "base_kld_mean"):
                 cell.floors = floor_marks(f, metric, engine, fl)
-            if group.startswith("task:"):
-                cell.flips = flips(vals, group, metric)
+            if group == TASKS:
+                cell.flips = flips(vals, q)
             cells.append(cell)
         cells.append(floor_cell(engine, fl, reference_engine))
         table.rows.append(Row(variant, engine, variant == section, cells))
@@ -350,7 +361,7 @@ def overlapping_pairs(figs: list[Figure], section: str = "reference", metric: st
     """Pairs of models of a section whose KLD 95% intervals (± 1.96 standard errors) overlap: the
     data cannot order them."""
     ordered = sorted((f for f in figs if section_of(f) == section and f.group == "fidelity"
-                      and f.metric == metric and f.status == "ok" and f.variant != section
+                      and f.metric == metric and not f.params and f.status == "ok" and f.variant != section
                       and f.value is not None), key=_value)
     return [(a.variant, b.variant) for i, a in enumerate(ordered) for b in ordered[i + 1:]
             if intervals_overlap(_value(a), a.uncertainty, _value(b), b.uncertainty)]
@@ -365,23 +376,24 @@ def fidelity_table(figs: list[Figure], section: str = "reference") -> Table:
     """One row per (model, baseline): the llama-perplexity statistics and KLD by the baseline's
     top-1 probability."""
     figs = [f for f in figs if section_of(f) == section and f.group == "fidelity" and f.status == "ok"]
-    by: dict[tuple[str, str], dict[str, Figure]] = defaultdict(dict)
+    by: dict[tuple[str, str], dict[tuple[str, ParamsKey], Figure]] = defaultdict(dict)
     for f in figs:
-        by[(f.variant, f.engine)][f.metric] = f
-    buckets = sorted({f.metric.split("@conf=")[1] for f in figs if "@conf=" in f.metric},
-                     key=lambda b: float(b.split("-")[0]))
+        by[(f.variant, f.engine)][(f.metric, f.quantity.params)] = f
+    # KLD by the baseline's top-1 probability: figures with parameters top1_p_lo, top1_p_hi
+    buckets = sorted({f.quantity.params for f in figs if "top1_p_lo" in f.params}, key=lambda b: dict(b)["top1_p_lo"])
     table = Table([Column("variant"), Column("engine"), Column("vs"), Column("n")]
                   + [Column(t, "fidelity", m, fmt) for t, m, fmt in _DETAIL_STATS]
-                  + [Column(f"KLD @ top-1 p {b}", "fidelity", f"kld_mean@conf={b}", "{:.4g}") for b in buckets])
+                  + [Column(f"KLD @ top-1 p {dict(b)['top1_p_lo']:g}-{dict(b)['top1_p_hi']:g}", "fidelity", "kld_mean",
+                            "{:.4g}", params=b) for b in buckets])
     for (variant, engine), m in sorted(by.items(), key=lambda kv: references_first(kv[0][0])):
         for prefix, vs in (("", "reference"), ("base_", "own engine base"), ("noise_", "itself (noise)")):
-            if prefix + "kld_mean" not in m or (prefix == "base_" and variant == section):
+            if (prefix + "kld_mean", ()) not in m or (prefix == "base_" and variant == section):
                 continue
-            own = {k[len(prefix):]: f for k, f in m.items() if k.startswith(prefix)}
-            cells = [label(variant), label(engine), label(vs), label(str(own["kld_mean"].n))]
-            cells += [of(own.get(metric), fmt, reason="none") for _, metric, fmt in _DETAIL_STATS]
+            own = {(k[len(prefix):], p): f for (k, p), f in m.items() if k.startswith(prefix)}
+            cells = [label(variant), label(engine), label(vs), label(str(own[("kld_mean", ())].n))]
+            cells += [of(own.get((metric, ())), fmt, reason="none") for _, metric, fmt in _DETAIL_STATS]
             for b in buckets:
-                conf = own.get(f"kld_mean@conf={b}")
+                conf = own.get(("kld_mean", b))
                 cells.append(of(conf, "{:.4g}", reason="none", show_n=conf is not None))
             table.rows.append(Row(variant, engine, variant == section and vs == "reference", cells))
     return table
@@ -389,16 +401,15 @@ def fidelity_table(figs: list[Figure], section: str = "reference") -> Table:
 
 def sweep_table(figs: list[Figure]) -> Table:
     """Variants x temperatures: accuracy ± se and diversity per cell."""
-    by: dict[str, dict[str, dict[str, Figure]]] = defaultdict(lambda: defaultdict(dict))
+    by: dict[str, dict[float, dict[str, Figure]]] = defaultdict(lambda: defaultdict(dict))
     engines: dict[str, str] = {}
     for f in figs:
-        if f.group == "sweep" and f.status == "ok":
-            kind, temp = f.metric.split("@T=")
-            by[f.variant][temp][kind] = f
+        if f.group == "sweep" and f.status == "ok" and "temperature" in f.params:
+            by[f.variant][float(f.params["temperature"])][f.metric] = f
             engines[f.variant] = f.engine
-    temps = sorted({t for v in by.values() for t in v}, key=float)
-    table = Table([Column("variant")] + [Column(f"T={t} acc / diversity", "sweep", f"accuracy@T={t}", "{:.3f}", True)
-                                         for t in temps])
+    temps = sorted({t for v in by.values() for t in v})
+    table = Table([Column("variant")] + [Column(f"T={t:g} acc / diversity", "sweep", "accuracy", "{:.3f}", True,
+                                                params=(("temperature", t),)) for t in temps])
     for v in sorted(by, key=references_first):
         cells = [label(v)]
         for t in temps:
@@ -438,17 +449,17 @@ def probes(figs: list[Figure]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = defaultdict(dict)
     for f in figs:
         if f.group == "probes" and f.status == "ok":
-            out[f.metric.removeprefix("probe:")][f.variant] = f.text or ""
+            out[str(f.params.get("probe", f.metric))][f.variant] = f.text or ""
     return out
 
 
 def notes(figs: list[Figure]) -> list[str]:
     if not figs:
         return ["no figures measured yet"]
-    seen: dict[str, Figure] = {}
+    seen: dict[str, Figure] = {}  # the conditions of each group, and of each task (one line each)
     for f in figs:
-        if f.status == "ok" and f.group not in seen:
-            seen[f.group] = f
+        if f.status == "ok":
+            seen.setdefault(f"task:{f.params.get('task')}" if f.group == TASKS else f.group, f)
     lines = []
     fp = figs[0].fingerprint
     lines.append(f"hardware: {fp.get('hardware')}")

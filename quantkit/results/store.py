@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from quantkit import paths
 
@@ -22,8 +24,9 @@ CREATE TABLE IF NOT EXISTS figures (
     key TEXT NOT NULL,            -- hash of (variant, engine, settings, group, conditions)
     variant TEXT NOT NULL,
     engine TEXT NOT NULL,
-    grp TEXT NOT NULL,            -- measurement group: fidelity, task:arc_easy, speed:offline, ...
-    metric TEXT NOT NULL,
+    grp TEXT NOT NULL,            -- measurement group: fidelity, tasks, serving, ...
+    metric TEXT NOT NULL,         -- what was measured: kld_mean, acc, ttft_median_ms, ...
+    params TEXT NOT NULL DEFAULT '{}',  -- the metric's parameters (JSON): {"concurrency": 4}, {"task": "arc_easy"}
     value REAL,
     uncertainty REAL,             -- standard error, or spread for speed figures (see conditions)
     n INTEGER,                    -- sample size
@@ -58,6 +61,60 @@ class Figure:
     fingerprint: dict = field(default_factory=dict)
     measured_at: str = ""
     key: str = ""  # the measurement it belongs to (set when read from the store)
+    # the metric's parameters, never folded into its name: {"concurrency": 4}, {"temperature": 0.6},
+    # {"task": "arc_easy"}, {"top1_p_lo": 0.8, "top1_p_hi": 0.95}, {"probe": "capital"}
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantity(self) -> Quantity:
+        """What this figure measures, as the report looks it up: (group, metric, params)."""
+        return Quantity(self.group, self.metric, params_key(self.params))
+
+
+ParamsKey = tuple[tuple[str, Any], ...]
+
+
+def params_key(params: dict[str, Any] | ParamsKey) -> ParamsKey:
+    """Parameters as a hashable, order-free key."""
+    return tuple(sorted(dict(params).items()))
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A measured quantity independent of the model: its group, metric and parameters."""
+    group: str
+    metric: str
+    params: ParamsKey = ()
+
+    def param(self, name: str, default: Any = None) -> Any:
+        return dict(self.params).get(name, default)
+
+    def __str__(self) -> str:
+        return self.metric + (f"[{', '.join(f'{k}={v}' for k, v in self.params)}]" if self.params else "")
+
+
+# Before the params column, parameters travelled in names; stores written then are read through this.
+_LEGACY_SUFFIXES = ((re.compile(r"^(?P<m>.+)@conf=(?P<lo>[-\d.e]+)-(?P<hi>[-\d.e]+)$"), ("top1_p_lo", "top1_p_hi")),
+                    (re.compile(r"^(?P<m>.+)@T=(?P<t>[-\d.e]+)$"), ("temperature",)),
+                    (re.compile(r"^(?P<m>.+)@(?P<c>\d+)$"), ("concurrency",)))
+
+
+def legacy_params(group: str, metric: str) -> tuple[str, str, dict[str, Any]]:
+    """(group, metric, params) of a figure named the old way: `ttft_median_ms@4`, `accuracy@T=0.6`,
+    `kld_mean@conf=0.8-0.95`, group `task:arc_easy`, metric `probe:capital`."""
+    params: dict[str, Any] = {}
+    if group.startswith("task:"):
+        group, params["task"] = "tasks", group.removeprefix("task:")
+    if group == "probes" and metric.startswith("probe:"):
+        metric, params["probe"] = "answer", metric.removeprefix("probe:")
+    for pattern, names in _LEGACY_SUFFIXES:
+        m = pattern.match(metric)
+        if m:
+            metric = m.group("m")
+            values = [float(v) if "." in v or "e" in v else int(v) for v in m.groups()[1:]]
+            params.update(zip(names, values))
+            break
+    return group, metric, params
 
 
 def measurement_key(variant: str, engine: str, settings: dict, group: str, conditions: dict, fingerprint: dict) -> str:
@@ -71,6 +128,20 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path)
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Give a store written before the params column its parameters (read out of the old names)."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(figures)")}
+        if "params" in columns:
+            return
+        with self.db:
+            self.db.execute("ALTER TABLE figures ADD COLUMN params TEXT NOT NULL DEFAULT '{}'")
+            for row_id, grp, metric in self.db.execute("SELECT id, grp, metric FROM figures").fetchall():
+                new_grp, new_metric, params = legacy_params(grp, metric)
+                if params:
+                    self.db.execute("UPDATE figures SET grp=?, metric=?, params=? WHERE id=?",
+                                    (new_grp, new_metric, json.dumps(params, sort_keys=True), row_id))
 
     def done(self, key: str) -> bool:
         """Was this measurement completed (successfully) before?"""
@@ -84,20 +155,21 @@ class Store:
             self.db.execute("DELETE FROM figures WHERE key=?", (key,))
             for f in figures:
                 self.db.execute(
-                    "INSERT INTO figures (key, variant, engine, grp, metric, value, uncertainty, n, unit, text, status,"
-                    " reason, settings, conditions, fingerprint, measured_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (key, f.variant, f.engine, f.group, f.metric, f.value, f.uncertainty, f.n, f.unit, f.text,
+                    "INSERT INTO figures (key, variant, engine, grp, metric, params, value, uncertainty, n, unit, text,"
+                    " status, reason, settings, conditions, fingerprint, measured_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (key, f.variant, f.engine, f.group, f.metric, json.dumps(f.params, sort_keys=True), f.value, f.uncertainty, f.n, f.unit, f.text,
                      f.status, f.reason, json.dumps(f.settings, sort_keys=True, default=str),
                      json.dumps(f.conditions, sort_keys=True, default=str),
                      json.dumps(f.fingerprint, sort_keys=True, default=str), f.measured_at or now))
 
     _COLUMNS = ("variant, engine, grp, metric, value, uncertainty, n, unit, text, status, reason, settings,"
-                " conditions, fingerprint, measured_at, id, key")
+                " conditions, fingerprint, measured_at, id, key, params")
 
     @staticmethod
     def _figure(r: tuple) -> Figure:
         return Figure(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], json.loads(r[11]),
-                      json.loads(r[12]), json.loads(r[13]), r[14], r[16])
+                      json.loads(r[12]), json.loads(r[13]), r[14], r[16], json.loads(r[17]))
 
     def get(self, key: str) -> list[Figure]:
         """The figures stored under one measurement key (empty if none)."""

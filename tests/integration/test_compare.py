@@ -70,7 +70,7 @@ def test_compare_resumes_after_a_kill_without_losing_figures(finished_db):
     db, before, out = finished_db
     groups = {(r[1], r[2]) for r in _ok_rows(db)}
     for name in ["reference", *VARIANTS.values()]:
-        for g in ("fidelity", "probes", "speed", "memory", "task:arc_easy"):
+        for g in ("fidelity", "probes", "speed", "memory", "tasks"):
             assert (name, g) in groups, (name, g, out)
     assert ("reference", "fidelity") in {(r[1], r[2]) for r in before}
 
@@ -142,7 +142,8 @@ def test_fidelity_against_the_reference_and_the_own_engine_base_with_floors(fini
 
 def test_accuracy_flips_against_the_reference_per_question(finished_db):
     store = Store(finished_db[0])
-    figs = {(f.variant, f.metric): f for f in store.figures() if f.group == "task:arc_easy" and f.status == "ok"}
+    figs = {(f.variant, f.metric): f for f in store.figures()
+            if f.group == "tasks" and f.params == {"task": "arc_easy"} and f.status == "ok"}
     ref = json.loads(figs[("reference", "acc:per_doc")].text)
     assert len(ref) == 8 and ("reference", "acc:lost") not in figs
     for v in VARIANTS.values():
@@ -170,7 +171,7 @@ def test_every_leaderboard_cell_is_a_figure_or_a_reason(finished_db):
 
 def test_task_accuracy_comes_with_stderr_and_sample_size(finished_db):
     store = Store(finished_db[0])
-    accs = [f for f in store.figures() if f.group == "task:arc_easy" and f.metric == "acc"]
+    accs = [f for f in store.figures() if f.group == "tasks" and f.params == {"task": "arc_easy"} and f.metric == "acc"]
     assert len(accs) == 1 + len(VARIANTS)
     for f in accs:
         assert 0.0 <= f.value <= 1.0 and f.uncertainty is not None and f.n == 8
@@ -187,16 +188,16 @@ def test_temperature_sweep_adds_only_its_group_and_sampling_is_seeded(finished_d
     new = [r for r in _ok_rows(db) if r[0] not in before]
     # every compare run stores its own stage times; nothing else is measured again
     assert {r[2] for r in new} - {"stages"} == {"sweep"}, out
-    figs = {(f.variant, f.metric): f for f in Store(db).figures() if f.group == "sweep"}
+    figs = {(f.variant, f.metric, f.params["temperature"]): f for f in Store(db).figures() if f.group == "sweep"}
     baseline = VARIANTS["f16"]  # llama.cpp's full-precision baseline is measured with the variants it anchors
     for name in ("reference", baseline, q8):
-        for metric in ("accuracy@T=0", "diversity@T=0", "accuracy@T=1", "diversity@T=1"):
-            f = figs[(name, metric)]
+        for metric in (("accuracy", 0), ("diversity", 0), ("accuracy", 1), ("diversity", 1)):
+            f = figs[(name, *metric)]
             assert f.n == 4 and 0.0 <= f.value <= 1.0 and f.uncertainty is not None, (name, metric)
             assert f.conditions["samples_per_problem"] == 3 and f.conditions["seed"] == 0
-        assert figs[(name, "diversity@T=0")].value == 0.0  # greedy samples are one sample
+        assert figs[(name, "diversity", 0)].value == 0.0  # greedy samples are one sample
         # seeds differ per sample (seed + i): three 256-token samples at T=1 from a 135M model differ
-        assert figs[(name, "diversity@T=1")].value > 0.0, name
+        assert figs[(name, "diversity", 1)].value > 0.0, name
     sh, rows = leaderboard.sweep_table(Store(db))
     assert sh == ["variant", "T=0 acc / diversity", "T=1 acc / diversity"]
     assert [r[0] for r in rows] == ["reference", baseline, q8]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import sqlite3
 import threading
@@ -65,7 +66,7 @@ def _console() -> Console:
 
 
 def _fidelity(store: Store, name: str) -> dict:
-    return {(f.key, f.metric): (f.value, f.uncertainty, f.n, f.unit, f.conditions, f.settings)
+    return {(f.key, f.metric, json.dumps(f.params, sort_keys=True)): (f.value, f.uncertainty, f.n, f.unit, f.conditions, f.settings)
             for f in store.figures() if f.variant == name and f.group == "fidelity" and f.status == "ok"}
 
 

@@ -124,25 +124,27 @@ def test_fidelity_roles_reference_engine_baseline_and_variants(tmp_home):
     anchors = Anchors("reference", reference_key="key-reference", reference_engine="vllm")
     anchors.baselines = {"vllm": ("reference", "key-reference"), "llamacpp": ("f16", "key-f16")}
     ref_engine = NumpyEngine(0.0, 1)
-    ref = {f.metric: f for f in measure_fidelity(_run("reference", "vllm", "reference", anchors, ref_engine, windows))}
+    ref = {f.metric: f for f in measure_fidelity(_run("reference", "vllm", "reference", anchors, ref_engine, windows)) if not f.params}
     assert ref["kld_mean"].value == 0.0 and ref["base_kld_mean"].value == 0.0
     assert ref["noise_kld_mean"].value == 0.0  # a deterministic engine: re-scoring changes nothing
     assert ref_engine.calls == [6, 1, 1, 1, 1, 1, 1]  # all windows in one call, then one per call (noise floor)
     assert rows_file("key-reference").exists()
 
     f16 = {f.metric: f for f in measure_fidelity(_run("f16", "llamacpp", "baseline", anchors, NumpyEngine(0.05, 2),
-                                                      windows))}
+                                                      windows)) if not f.params}
     assert f16["kld_mean"].value > 0 and f16["base_kld_mean"].value == 0.0  # engine floor; itself
     assert f16["kld_mean"].conditions["role"] == "engine baseline of llamacpp" and rows_file("key-f16").exists()
 
-    q = {f.metric: f for f in measure_fidelity(_run("q4", "llamacpp", "variant", anchors, NumpyEngine(0.3, 3),
-                                                    windows))}
+    figs_q = measure_fidelity(_run("q4", "llamacpp", "variant", anchors, NumpyEngine(0.3, 3), windows))
+    q = {f.metric: f for f in figs_q if not f.params}
     assert q["kld_mean"].value > f16["kld_mean"].value and 0 < q["base_kld_mean"].value
     assert q["base_kld_mean"].conditions["baseline"] == "f16 on llamacpp"
-    assert q["kld_mean"].n == 6 * 8 and any(m.startswith("kld_mean@conf=") for m in q)
+    buckets = [f for f in figs_q if f.metric == "kld_mean" and f.params]
+    assert q["kld_mean"].n == 6 * 8 and buckets and sum(f.n for f in buckets) == q["kld_mean"].n
+    assert all(0 <= f.params["top1_p_lo"] < f.params["top1_p_hi"] <= 1 for f in buckets)
 
     awq = {f.metric: f for f in measure_fidelity(_run("awq", "vllm", "variant", anchors, NumpyEngine(0.3, 4),
-                                                      windows))}
+                                                      windows)) if not f.params}
     assert awq["base_kld_mean"].value == awq["kld_mean"].value  # vLLM's baseline is the reference itself
     assert "the reference itself" in awq["base_kld_mean"].conditions["baseline"]
 

@@ -40,7 +40,11 @@ def _failed(variant, engine, group, reason, metric="failed", **cond):
 
 
 def _fid(variant, engine, metrics: dict, **cond):
-    return [_f(variant, engine, "fidelity", m, v, u, 16384, conditions=cond) for m, (v, u) in metrics.items()]
+    """Fidelity figures from {metric: (value, se)}; a key (metric, lo, hi) is KLD in a top-1 probability bucket."""
+    def named(m):
+        return (m, {}) if isinstance(m, str) else (m[0], {"top1_p_lo": m[1], "top1_p_hi": m[2]})
+    return [_f(variant, engine, "fidelity", named(m)[0], v, u, 16384, conditions=cond, params=named(m)[1])
+            for m, (v, u) in metrics.items()]
 
 
 def build(path: Path) -> Store:
@@ -54,8 +58,8 @@ def build(path: Path) -> Store:
         m["top1_agreement"] = (round(1 - kld * 3, 4), 0.002)
         m["ppl"] = (round(20.0 * (1 + kld), 3), 0.5)
         m["ppl_ratio"] = (round(1 + kld, 4), round(kld_se * 2, 5))
-        m["kld_mean@conf=0.0-0.5"] = (round(kld * 2, 6), kld_se * 2)
-        m["kld_mean@conf=0.8-0.95"] = (round(kld / 2, 6), kld_se / 2)
+        m[("kld_mean", 0.0, 0.5)] = (round(kld * 2, 6), kld_se * 2)
+        m[("kld_mean", 0.8, 0.95)] = (round(kld / 2, 6), kld_se / 2)
         return _fid(variant, engine, m, **cond)
 
     # the reference: fidelity against itself, its noise floor, memory, tasks, speed, serving, roofline
@@ -68,12 +72,12 @@ def build(path: Path) -> Store:
                       _f("reference", "vllm", "memory", "peak_rss_mib", 1834.0, n=1),
                       _f("reference", "vllm", "memory", "kv_capacity_tokens", 65536, n=1),
                       _f("reference", "vllm", "memory", "kv_bytes_per_token", 18432, n=1)])
-    s.put("ref-task", [_f("reference", "vllm", "task:arc_easy", "acc", 0.50, 0.05, 100, setup="t"),
-                       _f("reference", "vllm", "task:gsm8k", "exact_match", 0.10, 0.03, 100, setup="g")])
+    s.put("ref-task", [_f("reference", "vllm", "tasks", "acc", 0.50, 0.05, 100, setup="t", params={"task": "arc_easy"}),
+                       _f("reference", "vllm", "tasks", "exact_match", 0.10, 0.03, 100, setup="g", params={"task": "gsm8k"})])
     s.put("ref-speed", [_f("reference", "vllm", "speed", "offline_tokens_per_s", 120.0, 4.0, 3, setup="o")])
-    s.put("ref-serve", [_f("reference", "vllm", "serving", "ttft_median_ms@1", 85.0, 5.0, 20, setup="v"),
-                        _f("reference", "vllm", "serving", "itl_median_ms@1", 31.2, 0.8, 20, setup="v"),
-                        _f("reference", "vllm", "serving", "output_tokens_per_s@4", 95.5, 3.0, 20, setup="v")])
+    s.put("ref-serve", [_f("reference", "vllm", "serving", "ttft_median_ms", 85.0, 5.0, 20, setup="v", params={"concurrency": 1}),
+                        _f("reference", "vllm", "serving", "itl_median_ms", 31.2, 0.8, 20, setup="v", params={"concurrency": 1}),
+                        _f("reference", "vllm", "serving", "output_tokens_per_s", 95.5, 3.0, 20, setup="v", params={"concurrency": 4})])
     s.put("ref-roof", [_f("reference", "vllm", "roofline", "fraction_of_bound", 0.41, None, 1, setup="v")])
 
     # llama.cpp's engine baseline (the f16 GGUF)
@@ -93,16 +97,16 @@ def build(path: Path) -> Store:
                      _f("q8", "llamacpp", "memory", "weights_on_disk_mib", 136.4, n=1, kv="q8_0"),
                      _f("q8", "llamacpp", "memory", "peak_rss_mib", 512.0, n=1, kv="q8_0"),
                      _f("q8", "llamacpp", "memory", "kv_capacity_tokens", 4096, n=1, kv="q8_0")])
-    s.put("q8-task", [_f("q8", "llamacpp", "task:arc_easy", "acc", 0.45, 0.05, 100, setup="t"),
-                      _f("q8", "llamacpp", "task:arc_easy", "acc:lost", 8, None, 100, setup="t"),
-                      _f("q8", "llamacpp", "task:arc_easy", "acc:gained", 3, None, 100, setup="t"),
-                      _f("q8", "llamacpp", "task:arc_easy", "acc:mcnemar_p", 0.2266, None, 100, setup="t"),
-                      _f("q8", "llamacpp", "task:arc_easy", "acc:per_doc", None, None, 100, setup="t", text="{}"),
-                      _f("q8", "llamacpp", "task:gsm8k", "exact_match", 0.02, 0.01, 100, setup="g")])
+    s.put("q8-task", [_f("q8", "llamacpp", "tasks", "acc", 0.45, 0.05, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q8", "llamacpp", "tasks", "acc:lost", 8, None, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q8", "llamacpp", "tasks", "acc:gained", 3, None, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q8", "llamacpp", "tasks", "acc:mcnemar_p", 0.2266, None, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q8", "llamacpp", "tasks", "acc:per_doc", None, None, 100, setup="t", text="{}", params={"task": "arc_easy"}),
+                      _f("q8", "llamacpp", "tasks", "exact_match", 0.02, 0.01, 100, setup="g", params={"task": "gsm8k"})])
     s.put("q8-speed", [_f("q8", "llamacpp", "speed", "offline_tokens_per_s", 121.0, 3.0, 3, setup="o")])
-    s.put("q8-serve", [_f("q8", "llamacpp", "serving", "ttft_median_ms@1", 60.0, 4.0, 20, setup="v"),
-                       _f("q8", "llamacpp", "serving", "itl_median_ms@1", 31.0, 0.9, 20, setup="v"),
-                       _f("q8", "llamacpp", "serving", "output_tokens_per_s@4", 140.0, 5.0, 20, setup="v")])
+    s.put("q8-serve", [_f("q8", "llamacpp", "serving", "ttft_median_ms", 60.0, 4.0, 20, setup="v", params={"concurrency": 1}),
+                       _f("q8", "llamacpp", "serving", "itl_median_ms", 31.0, 0.9, 20, setup="v", params={"concurrency": 1}),
+                       _f("q8", "llamacpp", "serving", "output_tokens_per_s", 140.0, 5.0, 20, setup="v", params={"concurrency": 4})])
     s.put("q8-roof", [_f("q8", "llamacpp", "roofline", "fraction_of_bound", 0.66, None, 1, setup="v")])
 
     # q4 and q5: overlapping KLD intervals; q5's accuracy measured under another setup (†)
@@ -110,13 +114,13 @@ def build(path: Path) -> Store:
           + _fid("q4", "llamacpp", {"base_kld_mean": (0.053, 0.001)}))
     s.put("q4-mem", [_f("q4", "llamacpp", "memory", "bits_per_weight", 4.85, n=1),
                      _f("q4", "llamacpp", "memory", "weights_on_disk_mib", 98.0, n=1)])
-    s.put("q4-task", [_f("q4", "llamacpp", "task:arc_easy", "acc", 0.30, 0.046, 100, setup="t"),
-                      _f("q4", "llamacpp", "task:arc_easy", "acc:lost", 25, None, 100, setup="t"),
-                      _f("q4", "llamacpp", "task:arc_easy", "acc:gained", 5, None, 100, setup="t"),
-                      _f("q4", "llamacpp", "task:arc_easy", "acc:mcnemar_p", 0.000325, None, 100, setup="t")])
+    s.put("q4-task", [_f("q4", "llamacpp", "tasks", "acc", 0.30, 0.046, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q4", "llamacpp", "tasks", "acc:lost", 25, None, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q4", "llamacpp", "tasks", "acc:gained", 5, None, 100, setup="t", params={"task": "arc_easy"}),
+                      _f("q4", "llamacpp", "tasks", "acc:mcnemar_p", 0.000325, None, 100, setup="t", params={"task": "arc_easy"})])
     s.put("q5-fid", full("q5", "llamacpp", 0.061, 0.001, 1.2)
           + _fid("q5", "llamacpp", {"base_kld_mean": (0.052, 0.001)}))
-    s.put("q5-task", [_f("q5", "llamacpp", "task:arc_easy", "acc", 0.50, 0.05, 100, setup="t2")])
+    s.put("q5-task", [_f("q5", "llamacpp", "tasks", "acc", 0.50, 0.05, 100, setup="t2", params={"task": "arc_easy"})])
     s.put("q5-speed", [_f("q5", "llamacpp", "speed", "offline_tokens_per_s", None, None, 3, setup="o")])
 
     # int8 on the reference's engine: within the noise floor; a paired PPL tie
@@ -143,23 +147,23 @@ def build(path: Path) -> Store:
 
     # a second reference and its variant
     s.put("qwen-ref", _fid(QWEN, "vllm", {"kld_mean": (0.0, 0.0), "top1_agreement": (1.0, 0.0)}, compared_with=QWEN)
-          + [_f(QWEN, "vllm", "task:arc_easy", "acc", 0.62, 0.05, 100, setup="t", conditions={"compared_with": QWEN})])
+          + [_f(QWEN, "vllm", "tasks", "acc", 0.62, 0.05, 100, setup="t", conditions={"compared_with": QWEN}, params={"task": "arc_easy"})])
     s.put("qwen-awq", _fid("qwen-awq", "vllm", {"kld_mean": (0.05, 0.002), "top1_agreement": (0.95, 0.003)},
                            compared_with=QWEN)
-          + [_f("qwen-awq", "vllm", "task:arc_easy", "acc", 0.58, 0.05, 100, setup="t",
-                conditions={"compared_with": QWEN}),
+          + [_f("qwen-awq", "vllm", "tasks", "acc", 0.58, 0.05, 100, setup="t",
+                conditions={"compared_with": QWEN}, params={"task": "arc_easy"}),
              _f("qwen-awq", "vllm", "memory", "bits_per_weight", 4.25, n=1, conditions={"compared_with": QWEN})])
 
     # probes and a temperature sweep
-    s.put("probes", [_f("reference", "vllm", "probes", "probe:tanh", None, text="tanh maps to (-1, 1) | odd"),
-                     _f("q8", "llamacpp", "probes", "probe:tanh", None, text="(-1,\n 1)"),
-                     _f("q4", "llamacpp", "probes", "probe:capital", None, text="Paris " * 80)])
-    s.put("sweep", [_f("q8", "llamacpp", "sweep", "accuracy@T=0", 0.2, 0.1, n=10),
-                    _f("q8", "llamacpp", "sweep", "diversity@T=0", 0.0, 0.0, n=10),
-                    _f("q8", "llamacpp", "sweep", "accuracy@T=0.6", 0.15, 0.08, n=10),
-                    _f("q8", "llamacpp", "sweep", "diversity@T=0.6", 0.7, 0.1, n=10),
-                    _f("reference", "vllm", "sweep", "accuracy@T=0", 0.3, 0.1, n=10),
-                    _f("reference", "vllm", "sweep", "diversity@T=0", 0.0, 0.0, n=10)])
+    s.put("probes", [_f("reference", "vllm", "probes", "answer", None, text="tanh maps to (-1, 1) | odd", params={"probe": "tanh"}),
+                     _f("q8", "llamacpp", "probes", "answer", None, text="(-1,\n 1)", params={"probe": "tanh"}),
+                     _f("q4", "llamacpp", "probes", "answer", None, text="Paris " * 80, params={"probe": "capital"})])
+    s.put("sweep", [_f("q8", "llamacpp", "sweep", "accuracy", 0.2, 0.1, n=10, params={"temperature": 0}),
+                    _f("q8", "llamacpp", "sweep", "diversity", 0.0, 0.0, n=10, params={"temperature": 0}),
+                    _f("q8", "llamacpp", "sweep", "accuracy", 0.15, 0.08, n=10, params={"temperature": 0.6}),
+                    _f("q8", "llamacpp", "sweep", "diversity", 0.7, 0.1, n=10, params={"temperature": 0.6}),
+                    _f("reference", "vllm", "sweep", "accuracy", 0.3, 0.1, n=10, params={"temperature": 0}),
+                    _f("reference", "vllm", "sweep", "diversity", 0.0, 0.0, n=10, params={"temperature": 0})])
     return s
 
 

@@ -23,19 +23,19 @@ def store(tmp_path):
                  _fig("reference", "vllm", "fidelity", "top1_agreement", 1.0, 0.0),
                  _fig("reference", "vllm", "memory", "weights_on_disk_mib", 256.6, n=1),
                  _fig("reference", "vllm", "memory", "bits_per_weight", 16.0, n=1),
-                 _fig("reference", "vllm", "task:arc_easy", "acc", 0.50, 0.02)])
+                 _fig("reference", "vllm", "tasks", "acc", 0.50, 0.02, params={"task": "arc_easy"})])
     s.put("k2", [_fig("q8", "llamacpp", "fidelity", "kld_mean", 0.002, 0.0005),
                  _fig("q8", "llamacpp", "fidelity", "top1_agreement", 0.97, 0.01),
                  _fig("q8", "llamacpp", "memory", "weights_on_disk_mib", 136.4, n=1),
                  _fig("q8", "llamacpp", "memory", "bits_per_weight", 8.51, n=1),
-                 _fig("q8", "llamacpp", "task:arc_easy", "acc", 0.49, 0.02)])
+                 _fig("q8", "llamacpp", "tasks", "acc", 0.49, 0.02, params={"task": "arc_easy"})])
     s.put("k3", [_fig("q2", "llamacpp", "fidelity", "kld_mean", 0.3, 0.01),
                  _fig("q2", "llamacpp", "memory", "weights_on_disk_mib", 82.4, n=1),
                  _fig("q2", "llamacpp", "memory", "bits_per_weight", 5.14, n=1),
-                 _fig("q2", "llamacpp", "task:arc_easy", "acc", 0.30, 0.02)])
+                 _fig("q2", "llamacpp", "tasks", "acc", 0.30, 0.02, params={"task": "arc_easy"})])
     s.put("k4", [Figure("broken", "vllm", "speed", "failed", status="failed", reason="engine exited (code 1)",
                         fingerprint=FP)])
-    s.put("k5", [_fig("q8", "llamacpp", "probes", "probe:tanh", None, text="(-1, 1)")])
+    s.put("k5", [_fig("q8", "llamacpp", "probes", "answer", None, text="(-1, 1)", params={"probe": "tanh"})])
     return s
 
 
@@ -88,10 +88,10 @@ def test_plots_are_written(store, tmp_path):
 
 def test_sweep_table_lists_accuracy_and_diversity_per_temperature(tmp_path):
     s = Store(tmp_path / "s.sqlite")
-    s.put("a", [_fig("q8", "llamacpp", "sweep", "accuracy@T=0", 0.2, 0.1, n=10),
-                _fig("q8", "llamacpp", "sweep", "diversity@T=0", 0.0, 0.0, n=10),
-                _fig("q8", "llamacpp", "sweep", "accuracy@T=1", 0.1, 0.05, n=10),
-                _fig("q8", "llamacpp", "sweep", "diversity@T=1", 0.9, 0.1, n=10)])
+    s.put("a", [_fig("q8", "llamacpp", "sweep", "accuracy", 0.2, 0.1, n=10, params={"temperature": 0}),
+                _fig("q8", "llamacpp", "sweep", "diversity", 0.0, 0.0, n=10, params={"temperature": 0}),
+                _fig("q8", "llamacpp", "sweep", "accuracy", 0.1, 0.05, n=10, params={"temperature": 1}),
+                _fig("q8", "llamacpp", "sweep", "diversity", 0.9, 0.1, n=10, params={"temperature": 1})])
     header, rows = leaderboard.sweep_table(s)
     assert header == ["variant", "T=0 acc / diversity", "T=1 acc / diversity"]
     assert rows == [["q8", "0.200 ± 0.100 / 0.00", "0.100 ± 0.050 / 0.90"]]
@@ -101,7 +101,7 @@ def test_sweep_table_lists_accuracy_and_diversity_per_temperature(tmp_path):
 def test_a_failed_task_group_explains_the_task_columns(store):
     store.put("k6", [Figure("q2", "llamacpp", "tasks", "failed", status="failed",
                             reason="llama_decode returned 1\nlong log tail", fingerprint=FP)])
-    store.put("k7", [_fig("q8", "llamacpp", "task:gsm8k", "exact_match", 0.1, 0.05)])
+    store.put("k7", [_fig("q8", "llamacpp", "tasks", "exact_match", 0.1, 0.05, params={"task": "gsm8k"})])
     header, rows = leaderboard.table(store)
     q2 = dict(zip(header, next(r for r in rows if r[0] == "q2")))
     assert q2["gsm8k exact_match"] == "n/a (llama_decode returned 1 long log tail)"
@@ -129,25 +129,26 @@ def test_a_newer_measurement_replaces_its_whole_group(tmp_path):
 def test_ties_need_the_same_setup_and_ppl_ties_are_paired(tmp_path):
     s = Store(tmp_path / "t.sqlite")
 
-    def fig(variant, engine, group, metric, value, unc, setup="a"):
-        return Figure(variant, engine, group, metric, value, unc, 100, conditions={"setup": setup}, fingerprint=FP)
+    def fig(variant, engine, group, metric, value, unc, setup="a", params=None):
+        return Figure(variant, engine, group, metric, value, unc, 100, conditions={"setup": setup}, fingerprint=FP,
+                      params=params or {})
 
     s.put("r", [fig("reference", "vllm", "fidelity", "ppl", 20.0, 0.5),
                 fig("reference", "vllm", "fidelity", "ppl_ratio", 1.0, 0.0),
-                fig("reference", "vllm", "task:arc_easy", "acc", 0.5, 0.05)])
+                fig("reference", "vllm", "tasks", "acc", 0.5, 0.05, params={"task": "arc_easy"})])
     # PPL 20.4 vs 20.0: within independent SEs (0.5 each) but the paired ratio 1.02 ± 0.005 is not
     s.put("v", [fig("v", "llamacpp", "fidelity", "ppl", 20.4, 0.5),
                 fig("v", "llamacpp", "fidelity", "ppl_ratio", 1.02, 0.005)])
-    s.put("w", [fig("v", "llamacpp", "task:arc_easy", "acc", 0.5, 0.05, setup="b")])
+    s.put("w", [fig("v", "llamacpp", "tasks", "acc", 0.5, 0.05, setup="b", params={"task": "arc_easy"})])
     header, rows = leaderboard.table(s)
     v = dict(zip(header, next(r for r in rows if r[0] == "v")))
     assert v["PPL"] == "20.40 ± 0.50" and v["PPL ratio"] == "1.020 ± 0.005"
     assert v["arc_easy acc"] == "0.500 ± 0.050 †"  # equal value, other setup: not a tie
 
 
-def _fid(variant, engine, metric, value, unc=None, **cond):
+def _fid(variant, engine, metric, value, unc=None, params=None, **cond):
     return Figure(variant, engine, "fidelity", metric, value, unc, 16384, conditions={"setup": "s", **cond},
-                  fingerprint=FP)
+                  fingerprint=FP, params=params or {})
 
 
 @pytest.fixture
@@ -161,13 +162,13 @@ def floors_store(tmp_path):
     s.put("f16", [_fid("f16", "llamacpp", "kld_mean", 0.0100, 0.0003, **base),
                   _fid("f16", "llamacpp", "base_kld_mean", 0.0, 0.0, **base)])
     s.put("q8", [_fid("q8", "llamacpp", "kld_mean", 0.0104, 0.0003), _fid("q8", "llamacpp", "base_kld_mean", 0.0038, 0.0001),
-                 _fid("q8", "llamacpp", "kld_mean@conf=0.8-0.95", 0.002, 0.0001),
-                 Figure("q8", "llamacpp", "task:arc_easy", "acc", 0.45, 0.11, 20, conditions={"setup": "t"}),
-                 Figure("q8", "llamacpp", "task:arc_easy", "acc:lost", 3, None, 20, conditions={"setup": "t"}),
-                 Figure("q8", "llamacpp", "task:arc_easy", "acc:gained", 1, None, 20, conditions={"setup": "t"}),
-                 Figure("q8", "llamacpp", "task:arc_easy", "acc:mcnemar_p", 0.625, None, 20, conditions={"setup": "t"}),
-                 Figure("q8", "llamacpp", "task:arc_easy", "acc:per_doc", None, None, 20, text="{}",
-                        conditions={"setup": "t"})])
+                 _fid("q8", "llamacpp", "kld_mean", 0.002, 0.0001, params={"top1_p_lo": 0.8, "top1_p_hi": 0.95}),
+                 Figure("q8", "llamacpp", "tasks", "acc", 0.45, 0.11, 20, conditions={"setup": "t"}, params={"task": "arc_easy"}),
+                 Figure("q8", "llamacpp", "tasks", "acc:lost", 3, None, 20, conditions={"setup": "t"}, params={"task": "arc_easy"}),
+                 Figure("q8", "llamacpp", "tasks", "acc:gained", 1, None, 20, conditions={"setup": "t"}, params={"task": "arc_easy"}),
+                 Figure("q8", "llamacpp", "tasks", "acc:mcnemar_p", 0.625, None, 20, conditions={"setup": "t"}, params={"task": "arc_easy"}),
+                 Figure("q8", "llamacpp", "tasks", "acc:per_doc", None, None, 20, text="{}",
+                        conditions={"setup": "t"}, params={"task": "arc_easy"})])
     s.put("q4", [_fid("q4", "llamacpp", "kld_mean", 0.060, 0.001), _fid("q4", "llamacpp", "base_kld_mean", 0.053, 0.001)])
     s.put("q5", [_fid("q5", "llamacpp", "kld_mean", 0.061, 0.001), _fid("q5", "llamacpp", "base_kld_mean", 0.052, 0.001)])
     s.put("int8", [_fid("int8", "vllm", "kld_mean", 0.00002, 0.000001), _fid("int8", "vllm", "base_kld_mean", 0.00002, 0.000001)])
@@ -216,3 +217,51 @@ def test_floor_cells_without_floors_name_what_is_missing(tmp_path):
     assert cells == {"q4": "n/a (not measured)", "awq": "0 (same engine) / -"}
     md = leaderboard.to_markdown(s)
     assert "not measured) / n/a" not in md
+
+
+OLD_SCHEMA = """CREATE TABLE figures (id INTEGER PRIMARY KEY, key TEXT NOT NULL, variant TEXT NOT NULL, engine TEXT NOT NULL,
+    grp TEXT NOT NULL, metric TEXT NOT NULL, value REAL, uncertainty REAL, n INTEGER, unit TEXT, text TEXT,
+    status TEXT NOT NULL, reason TEXT, settings TEXT NOT NULL, conditions TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    measured_at TEXT NOT NULL)"""
+
+
+def test_a_store_written_before_params_is_read_with_its_parameters(tmp_path):
+    """Stores from before the params column named parameters inside metrics and groups; opening one
+    moves them into params once, so old figures fill the same columns as new ones."""
+    import sqlite3
+
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.execute(OLD_SCHEMA)
+    legacy = [("serving", "ttft_median_ms@1", 85.0), ("serving", "output_tokens_per_s@4", 95.5),
+              ("sweep", "accuracy@T=0.6", 0.3), ("fidelity", "kld_mean@conf=0.8-0.95", 0.002),
+              ("fidelity", "kld_mean", 0.01), ("task:arc_easy", "acc", 0.5), ("task:arc_easy", "acc:lost", 3),
+              ("probes", "probe:tanh", None), ("stages", "start:worker", 12.0)]
+    for group, metric, value in legacy:
+        con.execute("INSERT INTO figures (key, variant, engine, grp, metric, value, status, settings, conditions,"
+                    " fingerprint, measured_at) VALUES ('k', 'q8', 'llamacpp', ?, ?, ?, 'ok', '{}', '{}', '{}', 'now')",
+                    (group, metric, value))
+    con.commit()
+    con.close()
+    got = {(f.group, f.metric, json.dumps(f.params, sort_keys=True)) for f in Store(db).figures()}
+    assert got == {("serving", "ttft_median_ms", '{"concurrency": 1}'), ("serving", "output_tokens_per_s", '{"concurrency": 4}'),
+                   ("sweep", "accuracy", '{"temperature": 0.6}'),
+                   ("fidelity", "kld_mean", '{"top1_p_hi": 0.95, "top1_p_lo": 0.8}'), ("fidelity", "kld_mean", "{}"),
+                   ("tasks", "acc", '{"task": "arc_easy"}'), ("tasks", "acc:lost", '{"task": "arc_easy"}'),
+                   ("probes", "answer", '{"probe": "tanh"}'), ("stages", "start:worker", "{}")}
+    # the migrated store reads like a new one: the serving and task columns are filled
+    header, rows = leaderboard.table(Store(db))
+    row = dict(zip(header, rows[0]))
+    assert row["TTFT ms @1"].startswith("85") and row["tok/s @4"].startswith("95.5") and row["arc_easy acc"].startswith("0.500")
+    # a second open changes nothing
+    assert {(f.group, f.metric, json.dumps(f.params, sort_keys=True)) for f in Store(db).figures()} == got
+
+
+def test_figures_with_the_same_metric_and_other_params_keep_apart(tmp_path):
+    s = Store(tmp_path / "p.sqlite")
+    s.put("k", [_fig("q8", "llamacpp", "serving", "itl_median_ms", 30.0, params={"concurrency": 1}),
+                _fig("q8", "llamacpp", "serving", "itl_median_ms", 45.0, params={"concurrency": 4})])
+    got = {f.params["concurrency"]: f.value for f in s.figures()}
+    assert got == {1: 30.0, 4: 45.0}
+    header, rows = leaderboard.table(s)
+    assert dict(zip(header, rows[0]))["ITL ms @1"].startswith("30.0")

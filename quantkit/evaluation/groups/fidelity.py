@@ -120,8 +120,9 @@ def _figures(run: Run, prefix: str, r: fidelity.Fidelity, cond: dict) -> list[Fi
     model's own engine baseline, "noise_" the reference against itself (the noise floor)."""
     cond = {**cond, "baseline_tail_mass_mean": r.base_tail_mass}
 
-    def f(metric, value, unc=None, unit=None, n=r.n, extra=None):
-        return run.fig("fidelity", prefix + metric, value, unc, n, unit, conditions={**cond, **(extra or {})})
+    def f(metric, value, unc=None, unit=None, n=r.n, extra=None, params=None):
+        return run.fig("fidelity", prefix + metric, value, unc, n, unit, conditions={**cond, **(extra or {})},
+                       params=params)
 
     paired = {"stderr": "paired over the same tokens"}
     figs = [f("kld_mean", r.kld_mean, r.kld_stderr, "nats"), f("kld_median", r.kld_median, None, "nats"),
@@ -131,8 +132,9 @@ def _figures(run: Run, prefix: str, r: fidelity.Fidelity, cond: dict) -> list[Fi
             f("ppl_ratio", r.ppl_ratio, r.ppl_ratio_stderr, extra=paired)]
     for b in r.by_confidence:
         if b["n"]:
-            figs.append(f(f"kld_mean@conf={b['lo']:g}-{b['hi']:g}", b["kld_mean"], b["kld_stderr"], "nats", n=b["n"],
-                          extra={"bucket": "baseline top-1 probability in [lo, hi)", "top1_agreement": b["top1"]}))
+            figs.append(f("kld_mean", b["kld_mean"], b["kld_stderr"], "nats", n=b["n"],
+                          extra={"bucket": "baseline top-1 probability in [lo, hi)", "top1_agreement": b["top1"]},
+                          params={"top1_p_lo": float(b["lo"]), "top1_p_hi": float(b["hi"])}))
     if not prefix:
         figs.append(f("ppl", r.ppl, r.ppl_stderr))
     return figs

@@ -21,6 +21,6 @@ class ProbesGroup(Group):
         outs = run.worker.call("generate", prompts=inputs.probe_ids, temperature=0.0,
                                max_tokens=inputs.probe_max_tokens, seed=0)
         cond = {"sampling": "greedy", "max_tokens": inputs.probe_max_tokens, "chat_template": "reference tokenizer"}
-        return [run.fig("probes", f"probe:{p['id']}", None, None, 1, text=o[0]["text"],
-                        conditions={**cond, "prompt": p["prompt"]})
+        return [run.fig("probes", "answer", None, None, 1, text=o[0]["text"],
+                        conditions={**cond, "prompt": p["prompt"]}, params={"probe": p["id"]})
                 for p, o in zip(inputs.probes, outs)]

@@ -122,7 +122,7 @@ class Anchors:
     reference_key: str = ""  # the reference's fidelity key: names its rows file
     reference_engine: str = ""  # the engine the reference ran on
     reference_tasks_key: str = ""
-    task_docs: dict = field(default_factory=dict)  # (task group, metric) -> the reference's {doc_id: value}
+    task_docs: dict = field(default_factory=dict)  # (task, metric) -> the reference's {doc_id: value}
     baselines: dict[str, tuple[str, str]] = field(default_factory=dict)  # engine -> (model, its fidelity key)
     missing: dict[str, str] = field(default_factory=dict)  # engine -> why it has no baseline
 
@@ -166,9 +166,10 @@ class Run:
             return self.server.proc is not None and self.server.proc.poll() is None
         return True
 
-    def fig(self, group: str, metric: str, value, unc=None, n=None, unit=None, *, text=None, conditions=None) -> Figure:
+    def fig(self, group: str, metric: str, value, unc=None, n=None, unit=None, *, text=None, conditions=None,
+            params: dict | None = None) -> Figure:
         return Figure(self.target.name, self.target.engine.name, group, metric, value, unc, n, unit, text,
-                      settings=self.settings, conditions=conditions or {}, fingerprint=self.fp)
+                      settings=self.settings, conditions=conditions or {}, fingerprint=self.fp, params=params or {})
 
     def failed(self, group: str, reason: str, metric: str = "failed", conditions: dict | None = None) -> Figure:
         """A failed measurement (metric "failed": the whole group) with its reason."""

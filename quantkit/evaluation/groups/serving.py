@@ -43,14 +43,15 @@ class ServingGroup(Group):
                     "spread_requests_per_s": lv["requests_per_s_spread"]}
             n = lv["requests"] * lv["repeats"]
             spread = lv["output_tokens_per_s_spread"]
-            figs += [run.fig("serving", f"ttft_median_ms@{c}", lv["ttft_median_s"] * 1e3, None, n, "ms", conditions=cond),
-                     run.fig("serving", f"ttft_p90_ms@{c}", lv["ttft_p90_s"] * 1e3, None, n, "ms", conditions=cond),
-                     run.fig("serving", f"itl_median_ms@{c}", lv["itl_median_s"] * 1e3, None, n, "ms", conditions=cond),
-                     run.fig("serving", f"itl_p90_ms@{c}", lv["itl_p90_s"] * 1e3, None, n, "ms", conditions=cond),
-                     run.fig("serving", f"output_tokens_per_s@{c}", lv["output_tokens_per_s"],
-                             (spread[1] - spread[0]) / 2, lv["repeats"], "tok/s", conditions=cond),
-                     run.fig("serving", f"requests_per_s@{c}", lv["requests_per_s"], None, lv["repeats"], "req/s",
-                             conditions=cond)]
+            at = {"concurrency": c}
+            figs += [run.fig("serving", "ttft_median_ms", lv["ttft_median_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
+                     run.fig("serving", "ttft_p90_ms", lv["ttft_p90_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
+                     run.fig("serving", "itl_median_ms", lv["itl_median_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
+                     run.fig("serving", "itl_p90_ms", lv["itl_p90_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
+                     run.fig("serving", "output_tokens_per_s", lv["output_tokens_per_s"],
+                             (spread[1] - spread[0]) / 2, lv["repeats"], "tok/s", conditions=cond, params=at),
+                     run.fig("serving", "requests_per_s", lv["requests_per_s"], None, lv["repeats"], "req/s",
+                             conditions=cond, params=at)]
         single = next((lv for lv in levels if lv["concurrency"] == 1), None)
         if single:
             try:  # a roofline that cannot be computed is a failed roofline, not a lost serving sweep

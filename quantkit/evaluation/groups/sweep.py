@@ -41,8 +41,9 @@ class SweepGroup(Group):
                     "seed": cfg.seed, "max_tokens": 256, "seeding": "sample i uses seed + i"}
             if cfg.top_p < 1:  # the engines chain their samplers differently; stated, not hidden
                 cond["sampler_order"] = run.target.engine.sampler_order or f"as {run.target.engine.name} chains them"
-            figs += [run.fig("sweep", f"accuracy@T={t:g}", r["accuracy"], r["accuracy_stderr"], r["problems"],
-                             conditions=cond),
-                     run.fig("sweep", f"diversity@T={t:g}", r["diversity"], r["diversity_stderr"], r["problems"],
-                             conditions=cond)]
+            at = {"temperature": float(t)}
+            figs += [run.fig("sweep", "accuracy", r["accuracy"], r["accuracy_stderr"], r["problems"],
+                             conditions=cond, params=at),
+                     run.fig("sweep", "diversity", r["diversity"], r["diversity_stderr"], r["problems"],
+                             conditions=cond, params=at)]
         return figs

@@ -47,26 +47,26 @@ class TasksGroup(Group):
         results = run_tasks(WorkerScorer(run.worker, run.inputs.reference_dir), cfg.tasks, limit=cfg.limit)
         figs = []
         for r in results:
-            group, metric = f"task:{r['task']}", r["metric"]
+            metric, task = r["metric"], {"task": r["task"]}
             cond = {"lm_eval": r["lm_eval_version"], "num_fewshot": r["num_fewshot"], "limit": cfg.limit}
-            figs += [run.fig(group, metric, r["value"], r["stderr"], r["n"], conditions=cond),
+            figs += [run.fig("tasks", metric, r["value"], r["stderr"], r["n"], conditions=cond, params=task),
                      # per question, so that any two models can be compared question by question
-                     run.fig(group, f"{metric}:per_doc", None, None, len(r["per_doc"]),
-                             text=json.dumps(r["per_doc"], sort_keys=True), conditions=cond)]
-            ref_docs = run.anchors.task_docs.get((group, metric))
+                     run.fig("tasks", f"{metric}:per_doc", None, None, len(r["per_doc"]),
+                             text=json.dumps(r["per_doc"], sort_keys=True), conditions=cond, params=task)]
+            ref_docs = run.anchors.task_docs.get((r["task"], metric))
             flip = stats.flips(ref_docs, r["per_doc"]) if run.role != "reference" and ref_docs else None
             if flip:
                 fcond = {**cond, "paired_with": run.reference_name, "reference_tasks": run.anchors.reference_tasks_key,
                          "test": "exact McNemar (two-sided binomial on the discordant questions)"}
-                figs += [run.fig(group, f"{metric}:lost", flip["lost"], None, flip["n"], "questions",
-                                 conditions={**fcond, "meaning": "right for the reference, wrong here"}),
-                         run.fig(group, f"{metric}:gained", flip["gained"], None, flip["n"], "questions",
-                                 conditions={**fcond, "meaning": "wrong for the reference, right here"}),
-                         run.fig(group, f"{metric}:mcnemar_p", flip["p"], None, flip["n"], conditions=fcond)]
+                figs += [run.fig("tasks", f"{metric}:lost", flip["lost"], None, flip["n"], "questions",
+                                 conditions={**fcond, "meaning": "right for the reference, wrong here"}, params=task),
+                         run.fig("tasks", f"{metric}:gained", flip["gained"], None, flip["n"], "questions",
+                                 conditions={**fcond, "meaning": "wrong for the reference, right here"}, params=task),
+                         run.fig("tasks", f"{metric}:mcnemar_p", flip["p"], None, flip["n"], conditions=fcond, params=task)]
         return figs
 
 
 def task_docs(figs: list[Figure]) -> dict[tuple[str, str], dict[str, float]]:
-    """{(task group, metric): {doc_id: value}} from a tasks measurement's per-document figures."""
-    return {(f.group, f.metric.removesuffix(":per_doc")): json.loads(f.text)
+    """{(task, metric): {doc_id: value}} from a tasks measurement's per-document figures."""
+    return {(f.params.get("task", ""), f.metric.removesuffix(":per_doc")): json.loads(f.text)
             for f in figs if f.metric.endswith(":per_doc") and f.status == "ok" and f.text}

@@ -158,7 +158,7 @@ class _Figures:
         if id(f) not in self.index:
             self.index[id(f)] = len(self.records)
             self.records.append({"variant": f.variant, "engine": f.engine, "group": f.group, "metric": f.metric,
-                                 "value": f.value, "uncertainty": f.uncertainty, "n": f.n, "unit": f.unit,
+                                 "params": f.params, "value": f.value, "uncertainty": f.uncertainty, "n": f.n, "unit": f.unit,
                                  "status": f.status, "reason": f.reason, "settings": f.settings,
                                  "conditions": f.conditions, "fingerprint": self.fingerprint_id(f.fingerprint),
                                  "measured_at": f.measured_at, "key": f.key})
@@ -166,7 +166,7 @@ class _Figures:
 
     def tooltip(self, f: Figure) -> str:
         fp = self.fingerprint_id(f.fingerprint)
-        lines = [f"{f.group} / {f.metric}" + (f" ({f.unit})" if f.unit else "") + (f", n={f.n}" if f.n else "")]
+        lines = [f"{f.group} / {f.quantity}" + (f" ({f.unit})" if f.unit else "") + (f", n={f.n}" if f.n else "")]
         if f.reason:
             lines.append(f"reason: {f.reason}")
         lines += [f"conditions: {json.dumps(f.conditions, sort_keys=True, default=str)}",
@@ -242,7 +242,7 @@ def _header_html(col: Column) -> str:
     numeric = not col.is_label or col.title in ("n", FLOOR_COLUMN)
     tip = []
     if col.metric:
-        tip.append(f"{col.group} / {col.metric}")
+        tip.append(f"{col.group} / {col.quantity}")
     if col.higher_is_better is not None:
         tip.append("higher is better" if col.higher_is_better else "lower is better")
     tip.append("click to sort")

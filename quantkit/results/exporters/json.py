@@ -19,7 +19,7 @@ def cell(c: Cell) -> dict:
            "flips": None if c.flips is None else {"lost": c.flips.lost, "gained": c.flips.gained, "p": c.flips.p},
            "reason": c.reason, "failed": c.failed,
            "figure": None if c.figure is None else {"key": c.figure.key, "group": c.figure.group,
-                                                    "metric": c.figure.metric}}
+                                                    "metric": c.figure.metric, "params": c.figure.params}}
     if c.parts:
         out["parts"] = [cell(p) for p in c.parts]
     return out
@@ -27,7 +27,7 @@ def cell(c: Cell) -> dict:
 
 def typed_table(t: Table) -> dict:
     return {"columns": [{"title": c.title, "group": c.group or None, "metric": c.metric or None,
-                         "higher_is_better": c.higher_is_better, "detail": c.detail} for c in t.columns],
+                         "params": dict(c.params), "higher_is_better": c.higher_is_better, "detail": c.detail} for c in t.columns],
             "rows": [{"variant": r.variant, "engine": r.engine, "reference": r.reference,
                       "cells": [cell(c) for c in r.cells]} for r in t.rows]}
 
