@@ -38,15 +38,15 @@ class WorkerScorer:
 
     def loglikelihood(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         t0 = time.perf_counter()
-        sequences = [ctx + cont for ctx, cont in pairs]
+        sequences = [context + cont for context, cont in pairs]
         rows = []
         for i in range(0, len(sequences), CHUNK):
             rows += self.worker.call("logprobs", sequences=sequences[i:i + CHUNK], top_k=1)
         out = []
-        for (ctx, cont), per_pos in zip(pairs, rows):
-            if not ctx:  # position 0 has no prediction; lm-eval would prepend BOS/EOS, which we do not
+        for (context, cont), per_pos in zip(pairs, rows):
+            if not context:  # position 0 has no prediction; lm-eval would prepend BOS/EOS, which we do not
                 raise ValueError("a loglikelihood request with an empty context cannot be scored")
-            tail = per_pos[len(ctx) - 1:]  # predictions of the continuation tokens
+            tail = per_pos[len(context) - 1:]  # predictions of the continuation tokens
             logprob = sum(r["token"] for r in tail)
             greedy = all(int(r["top"][0][0]) == tok for r, tok in zip(tail, cont))
             out.append((logprob, greedy))

@@ -48,6 +48,28 @@ def main(settings: dict) -> None:
         rc = llama_cpp.llama_decode(ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+    def open_context(slots: int, tokens_per_sequence: int, *, ubatch_is_batch: bool = False):
+        """A llama_context for one call, with the worker's settings (threads, n_batch, KV types, flash
+        attention) and room for `slots` sequences of `tokens_per_sequence` tokens (rounded up to 256)
+        each, KV not unified (each sequence gets n_ctx / n_seq_max); and a batch of n_batch tokens.
+        The worker's own context holds one sequence. Returns (context, batch, memory, n_batch); the
+        caller frees them with close_context. `ubatch_is_batch`: one graph per decode of n_batch
+        tokens (scoring), rather than the worker's micro-batch."""
+        per_seq = -(-tokens_per_sequence // 256) * 256
+        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
+        cparams.n_seq_max = slots
+        cparams.n_ctx = per_seq * slots
+        cparams.kv_unified = False
+        cparams.n_batch = max(cparams.n_batch, slots)
+        cparams.n_ubatch = cparams.n_batch if ubatch_is_batch else max(cparams.n_ubatch, slots)
+        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
+        if not ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {slots} sequences of {per_seq} tokens")
+        return ctx, llama_cpp.llama_batch_init(cparams.n_batch, 0, 1), llama_cpp.llama_get_memory(ctx), int(cparams.n_batch)
+
+    def close_context(ctx, batch) -> None:
+        llama_cpp.llama_batch_free(batch)
+        llama_cpp.llama_free(ctx)
     load_seconds = time.time() - t0
 
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
@@ -101,18 +123,7 @@ def main(settings: dict) -> None:
         if not jobs:
             return []
         slots = min(len(jobs), GENERATE_SLOTS)
-        per_seq = -(-(max(len(p) for p in prompts) + max(1, max_tokens)) // 256) * 256
-        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
-        cparams.n_seq_max = slots
-        cparams.n_ctx = per_seq * slots  # each sequence gets n_ctx / n_seq_max (KV not unified)
-        cparams.kv_unified = False
-        cparams.n_batch = max(cparams.n_batch, slots)
-        cparams.n_ubatch = max(cparams.n_ubatch, slots)
-        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
-        if not ctx:
-            raise RuntimeError(f"llama.cpp could not make a context for {slots} sequences of {per_seq} tokens")
-        mem = llama_cpp.llama_get_memory(ctx)
-        batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
+        ctx, batch, mem, n_batch = open_context(slots, max(len(p) for p in prompts) + max(1, max_tokens))
         greedy = llama_cpp.llama_sampler_init_greedy()
         pending = list(reversed(jobs))
         active: dict[int, dict] = {}  # slot -> its sequence
@@ -157,8 +168,8 @@ def main(settings: dict) -> None:
                 # micro-batches of consecutive sequence ids (llama_batch_allocr::split_equal), so
                 # in slot order a step of one token per sequence is one graph, not one per run of slots
                 todo, feed[:] = sorted(feed, key=lambda item: (item[2], item[1])), []
-                for start in range(0, len(todo), cparams.n_batch):
-                    chunk = todo[start:start + cparams.n_batch]
+                for start in range(0, len(todo), n_batch):
+                    chunk = todo[start:start + n_batch]
                     decode(ctx, batch, chunk)
                     for k, (_, _, slot, want) in enumerate(chunk):
                         if want:
@@ -169,8 +180,7 @@ def main(settings: dict) -> None:
                 if seq["sampler"] is not greedy:
                     llama_cpp.llama_sampler_free(seq["sampler"])
             llama_cpp.llama_sampler_free(greedy)
-            llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_free(ctx)
+            close_context(ctx, batch)
         return [samples * n if draws == 1 else samples for samples in results]
 
     def logprobs(sequences: list[list[int]], top_k: int = 20) -> list:
@@ -187,20 +197,9 @@ def main(settings: dict) -> None:
 
         if not sequences:
             return []
-        n_batch = int(llm.context_params.n_batch)
-        packs = pack_by_length([len(s) for s in sequences], n_batch, LOGPROB_SLOTS)
-        slots = max(map(len, packs))
-        per_seq = -(-max(len(s) for s in sequences) // 256) * 256
-        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
-        cparams.n_seq_max = slots
-        cparams.n_ctx = per_seq * slots
-        cparams.kv_unified = False
-        cparams.n_batch = cparams.n_ubatch = max(n_batch, slots)
-        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
-        if not ctx:
-            raise RuntimeError(f"llama.cpp could not make a context for {slots} sequences of {per_seq} tokens")
-        batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
-        mem = llama_cpp.llama_get_memory(ctx)
+        packs = pack_by_length([len(s) for s in sequences], int(llm.context_params.n_batch), LOGPROB_SLOTS)
+        ctx, batch, mem, n_batch = open_context(max(map(len, packs)), max(len(s) for s in sequences),
+                                                ubatch_is_batch=True)
         n_vocab = llm.n_vocab()
         out_all: list = [None] * len(sequences)
         try:
@@ -211,8 +210,8 @@ def main(settings: dict) -> None:
                 items = [(sequences[i][min(pos, len(sequences[i]) - 1)], pos, slot, pos < len(sequences[i]) - 1)
                          for pos in range(length) for slot, i in enumerate(pack)]
                 logits: dict[tuple[int, int], np.ndarray] = {}
-                for start in range(0, len(items), cparams.n_batch):  # one decode unless a sequence is longer
-                    chunk = items[start:start + cparams.n_batch]
+                for start in range(0, len(items), n_batch):  # one decode unless a sequence is longer
+                    chunk = items[start:start + n_batch]
                     decode(ctx, batch, chunk)
                     for k, (_, pos, slot, want) in enumerate(chunk):
                         if want:
@@ -235,8 +234,7 @@ def main(settings: dict) -> None:
                                      "top": [[int(t), float(dist[t])] for t in top]})
                     out_all[i] = rows
         finally:
-            llama_cpp.llama_batch_free(batch)
-            llama_cpp.llama_free(ctx)
+            close_context(ctx, batch)
         return out_all
 
     def topk_logprobs(sequences: list[list[int]], score_from: int, top_k: int,
@@ -282,18 +280,8 @@ def main(settings: dict) -> None:
         decode phase (the remaining tokens), which is what llama-bench's tg measures, and the first
         sequence's tokens (a check that the loop decodes what `generate` decodes)."""
         n_seq = len(prompts)
-        per_seq = -(-(max(len(p) for p in prompts) + max_tokens) // 256) * 256
-        cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
-        cparams.n_seq_max = n_seq
-        cparams.n_ctx = per_seq * n_seq  # each sequence gets n_ctx / n_seq_max (KV not unified)
-        cparams.n_batch = max(cparams.n_batch, n_seq)
-        cparams.n_ubatch = max(cparams.n_ubatch, n_seq)
-        ctx = llama_cpp.llama_init_from_model(llm.model, cparams)
-        if not ctx:
-            raise RuntimeError(f"llama.cpp could not make a context for {n_seq} sequences of {per_seq} tokens")
+        ctx, batch, mem, n_batch = open_context(n_seq, max(len(p) for p in prompts) + max_tokens)
         smpl = llama_cpp.llama_sampler_init_greedy()
-        batch = llama_cpp.llama_batch_init(cparams.n_batch, 0, 1)
-        mem = llama_cpp.llama_get_memory(ctx)
 
         def decode_greedy(items: list[tuple[int, int, int, bool]]) -> list[int]:
             """One decode of `items`; the greedy picks where logits were asked for, in order."""
@@ -305,8 +293,8 @@ def main(settings: dict) -> None:
             t0 = time.perf_counter()
             flat = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(seqs) for pos, tok in enumerate(p)]
             last: list[int] = []
-            for i in range(0, len(flat), cparams.n_batch):
-                last += decode_greedy(flat[i:i + cparams.n_batch])
+            for i in range(0, len(flat), n_batch):
+                last += decode_greedy(flat[i:i + n_batch])
             t_first = time.perf_counter()
             first_seq = [last[0]]
             for step in range(1, n_out):
@@ -321,9 +309,8 @@ def main(settings: dict) -> None:
             run([p[:8] for p in prompts], 4)  # warm-up
             runs = [run(prompts, max_tokens) for _ in range(repeats)]
         finally:
-            llama_cpp.llama_batch_free(batch)
             llama_cpp.llama_sampler_free(smpl)
-            llama_cpp.llama_free(ctx)
+            close_context(ctx, batch)
         return {"runs": runs, "sequences": n_seq,
                 "method": f"llama.cpp C API: {n_seq} sequence(s) in one batch, greedy in C"}
 
