@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from quantkit.engines import registry
 from quantkit.envs.specs import env_names
 from quantkit.errors import ConfigError, QuantkitError
 from quantkit.evaluation import fidelity, groups
+from quantkit.evaluation.board import Board
 from quantkit.evaluation.groups import Group
 from quantkit.evaluation.groups.fidelity import windows_per_call  # noqa: F401 (kl_crosscheck imports it from here)
 from quantkit.evaluation.groups.run import (
@@ -44,6 +47,9 @@ from quantkit.evaluation.stages import StageClock
 from quantkit.execution.local import LocalExecutor
 from quantkit.results.store import Figure, Store, measurement_key
 
+# one OpenAI server at a time on the driver's machine: executors that place workers on cluster
+# nodes still run servers here (places_servers False), and two sweeps at once would share its cores
+_DRIVER_SERVER = threading.Lock()
 STAGES_GROUP = "stages"  # the figures holding each run's stage times (seconds), one measurement per model and run
 
 
@@ -140,6 +146,7 @@ def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, cons
                 run.server = stack.enter_context(EngineServer(run.target))
             else:
                 run.worker = stack.enter_context(executor.start(run.target, label="compare"))
+                run.node = str(getattr(run.worker, "node", "local"))
                 load = run.worker.call("info").get("load_seconds")  # the first answer comes once the model is loaded
                 if load is not None:
                     row["load_s"] = round(float(load), 1)
@@ -150,14 +157,19 @@ def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, cons
             run.worker = run.server = None
 
 
-def _run_group(store: Store, run: Run, group: Group, setup: str, console: Console, clock: StageClock) -> None:
+def _run_group(store: Store, run: Run, group: Group, setup: str, console: Console, clock: StageClock,
+               board: Board) -> None:
     """Measure one group and store it; any failure is stored with its reason (the others go on),
     except a dead engine, which the caller handles. `setup` digests the group's conditions. Every
-    figure records what ran before it in the same engine process."""
+    figure records what ran before it in the same engine process, and which other models were
+    being measured at the same time (only when some were: variants fanned out on a cluster)."""
     key, ran_before = run.keys[group.name], list(run.history)
+    board.update(run.target.name, group=group.name, state="measuring")
+    alongside = set(board.busy_besides(run.target.name))
     with clock.stage("group", model=run.target.name, engine=run.target.engine.name, what=group.name) as row:
         try:
             figs = group.measure(run)  # run.history: what ran before it (memory records it as peak_after_groups)
+            alongside.update(board.busy_besides(run.target.name))
         except Exception as e:
             run.history.append(group.name)  # it ran, and failed
             if not run.engine_alive():
@@ -172,6 +184,8 @@ def _run_group(store: Store, run: Run, group: Group, setup: str, console: Consol
         f.conditions.setdefault("setup", setup)
         f.conditions.setdefault("compared_with", run.reference_name)
         f.conditions.setdefault("ran_before", ran_before)
+        if alongside:
+            f.conditions.setdefault("measured_alongside", sorted(alongside))
     store.put(key, figs)
     console.print(f"  {group.name}: done in {row['seconds']:.0f} s")
 
@@ -188,19 +202,52 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
     fp = fingerprint()
     chosen = selected_groups(cfg)
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    parallel = max(1, int(getattr(executor, "parallel_models", 1)))
+    board = Board()
     for reference, members in plan(names, all_):
         if reference != "reference":
             console.print(f"[bold]compared with {reference}[/] (their source model)")
         inputs = prepare_inputs(cfg, loader.locate(reference)[1])
         anchors = Anchors(reference)
-        common = (anchors, inputs, chosen, cfg, fp, console, settings, executor, clock, run_id)
+        common = (anchors, inputs, chosen, cfg, fp, console, settings, executor, clock, run_id, board)
         _measure_model(store, reference, "reference", *common)
         ordered, baselines = with_engine_baselines(reference, members, anchors, console)
-        for name in ordered:
-            _measure_model(store, name, "baseline" if name in baselines else "variant", *common)
+        for name in ordered:  # the baselines come first: the variants are scored against them
+            if name in baselines:
+                _measure_model(store, name, "baseline", *common)
+        fan_out([n for n in ordered if n not in baselines], lambda n, common=common: _measure_model(store, n, "variant", *common),
+                parallel, board, console)
     if clock.rows:
         console.print(clock.table("compare: stage times (s)"))
     return store
+
+
+def fan_out(names: list[str], measure: Any, parallel: int, board: Board, console: Console) -> None:
+    """Measure the variants one after another (the local executor), or up to `parallel` at once,
+    each in its own thread (a cluster executor places each one's worker on a node with room). They
+    are independent: each is scored against the reference and baselines measured before. With more
+    than one at a time, a live table shows each variant's node, group and state."""
+    if parallel <= 1 or len(names) <= 1:
+        for name in names:
+            measure(name)
+        return
+    for name in names:
+        board.update(name)
+    live = None
+    if console.is_terminal:
+        from rich.live import Live
+
+        live = Live(board.table(), console=console, refresh_per_second=2, get_renderable=board.table)
+        live.start()
+    pool = ThreadPoolExecutor(max_workers=min(parallel, len(names)), thread_name_prefix="compare")
+    try:
+        for future in [pool.submit(measure, name) for name in names]:
+            future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if live is not None:
+            live.stop()
+    console.print(board.table("compare: variants"))
 
 
 def _engine_of(name: str) -> str | None:
@@ -258,8 +305,24 @@ def build_engine_baseline(reference: str, engine: str, console: Console | None =
 
 def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs: Inputs, chosen: list[Group],
                    cfg: CompareConfig, fp: dict, console: Console, settings: dict | None, executor: Any,
-                   clock: StageClock, run_id: str) -> None:
-    """Every pending group of one model; a reference or baseline records itself in `anchors`."""
+                   clock: StageClock, run_id: str, board: Board) -> None:
+    """Every pending group of one model; a reference or baseline records itself in `anchors`.
+    Its stage times are kept on a clock of its own (models may run in parallel threads) and
+    added to `clock` at the end."""
+    own = StageClock(clock=clock.clock)
+    try:
+        _measure_one(store, name, role, anchors, inputs, chosen, cfg, fp, console, settings, executor, own,
+                     run_id, board)
+    except BaseException:
+        board.update(name, state="failed")
+        raise
+    finally:
+        clock.rows.extend(own.rows)  # one list.extend: atomic under the GIL
+
+
+def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: Inputs, chosen: list[Group],
+                 cfg: CompareConfig, fp: dict, console: Console, settings: dict | None, executor: Any,
+                 clock: StageClock, run_id: str, board: Board) -> None:
     reference = anchors.reference
     try:
         target = loader.load(name, settings=engine_settings(name, cfg, settings))
@@ -271,6 +334,7 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
             key = measurement_key(name, engine, {}, g.name, g.conditions(cfg, inputs), fp)
             store.put(key, [failure(name, engine, g.name, f"cannot load: {e.args[0]}", reference, fp)])
         console.print(f"[red]{name}: cannot load[/] ({e.args[0]})")
+        board.update(name, engine=engine, state="failed", group="-")
         return
     run = Run(target, None, inputs, cfg, fp, role, reference, anchors)
     conds = {g.name: g.conditions(cfg, inputs) for g in chosen}
@@ -278,10 +342,11 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
     for g in chosen:
         g.anchor(run, run.keys[g.name])
     pending = [g for g in chosen if cfg.force or not g.is_done(run, store, run.keys[g.name])]
-    first_row = len(clock.rows)
+    board.update(name, engine=target.engine.name)
+    failed = False
 
     def store_stages() -> None:  # as they end, so that a killed compare keeps the times it took
-        _store_stages(store, run, clock.rows[first_row:], run_id)
+        _store_stages(store, run, clock.rows, run_id)
 
     if not pending:
         console.print(f"{name}: every figure already measured (use --force to re-measure)")
@@ -291,13 +356,18 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
             todo = [g for g in pending if g.needs == needs]
             if not todo:
                 continue
+            on_driver = needs == "server" and not getattr(executor, "places_servers", False)
             try:
-                with _engine_process(run, needs, executor, clock, console):
-                    store_stages()
-                    for g in todo:
-                        _run_group(store, run, g, digest(conds[g.name]), console, clock)
+                with _DRIVER_SERVER if on_driver else contextlib.nullcontext():
+                    board.update(name, group=f"start {needs}", state="starting", node="driver" if on_driver else "-")
+                    with _engine_process(run, needs, executor, clock, console):
+                        board.update(name, node="driver" if on_driver else run.node)
                         store_stages()
+                        for g in todo:
+                            _run_group(store, run, g, digest(conds[g.name]), console, clock, board)
+                            store_stages()
             except QuantkitError as e:
+                failed = True
                 for g in todo:
                     if not store.done(run.keys[g.name]):
                         store.put(run.keys[g.name], [run.failed(g.name, e.args[0])])
@@ -305,6 +375,7 @@ def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs:
     for g in chosen:
         g.after(run, store, run.keys[g.name])
     store_stages()
+    board.update(name, group="-", state="failed" if failed else "done")
 
 
 def _store_stages(store: Store, run: Run, rows: list[dict], run_id: str) -> None:

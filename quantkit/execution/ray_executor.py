@@ -31,9 +31,12 @@ Where things must be on a node (documented in the README's architecture section)
   `EngineError` naming the node and the reason, so compare records the groups of that engine
   process as failed with that reason and goes on; a re-run measures what is missing.
 
+Fan-out: compare measures the reference and the engine baselines first (the variants are scored
+against them), then up to `parallel_models` variants at once, each in its own driver thread whose
+worker Ray places on a node with room; figures are stored by the driver as each group ends.
+
 Remaining (issue 10): the engine's OpenAI server (groups needing `server`, e.g. serving) still
-runs on the driver's machine; builds do not go through Ray yet; models run one after another (the
-fan-out of variants after the reference needs compare to run models concurrently); no live table.
+runs on the driver's machine, one at a time; builds do not go through Ray yet.
 """
 
 from __future__ import annotations
@@ -314,13 +317,28 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, *, resources: dict[str, float] | None = None,
                  log_dir: Path | None = None, start_timeout: float = START_TIMEOUT_S,
-                 init_kwargs: dict | None = None, runtime_env: dict | None = None):
+                 init_kwargs: dict | None = None, runtime_env: dict | None = None, parallel: int | None = None):
         self.address, self.resources, self.runtime_env = address, dict(resources or {}), runtime_env
+        self._parallel = parallel
         self.log_dir = log_dir or paths.cache_dir() / "logs"
         self.start_timeout, self.init_kwargs = start_timeout, dict(init_kwargs or {})
         self._owns_ray = False
         self._actor_cls: Any = None
         self.placements: list[tuple[str, str, str]] = []  # (model, engine, node) of each worker started
+
+    # the engine's OpenAI server (groups needing `server`) runs on the driver's machine, not a node
+    places_servers = False
+
+    @property
+    def parallel_models(self) -> int:
+        """How many variants compare measures at once: `parallel` if given, else one per live node
+        with CPUs or GPUs (Ray places each worker where its resources fit; the others queue for up to
+        start_timeout)."""
+        if self._parallel:
+            return max(1, int(self._parallel))
+        ray = self._ensure_ray()
+        return max(1, sum(1 for n in ray.nodes() if n.get("Alive")
+                          and (n.get("Resources", {}).get("CPU") or n.get("Resources", {}).get("GPU"))))
 
     def _ensure_ray(self):
         ray = _import_ray()

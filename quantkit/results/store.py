@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,10 +124,14 @@ def measurement_key(variant: str, engine: str, settings: dict, group: str, condi
 
 
 class Store:
+    """The SQLite store. One connection, shared by compare's threads (variants measured at once on
+    a cluster) under a lock: each `put` is one transaction, so a reader never sees half a group."""
+
     def __init__(self, path: Path | None = None):
         self.path = Path(path or paths.results_db())
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.lock = threading.RLock()
         self.db.executescript(SCHEMA)
         self._migrate()
 
@@ -145,13 +150,14 @@ class Store:
 
     def done(self, key: str) -> bool:
         """Was this measurement completed (successfully) before?"""
-        row = self.db.execute("SELECT 1 FROM figures WHERE key=? AND status='ok' LIMIT 1", (key,)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT 1 FROM figures WHERE key=? AND status='ok' LIMIT 1", (key,)).fetchone()
         return row is not None
 
     def put(self, key: str, figures: list[Figure]) -> None:
         """Write a measurement's figures atomically (replacing an earlier failure of the same key)."""
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        with self.db:
+        with self.lock, self.db:
             self.db.execute("DELETE FROM figures WHERE key=?", (key,))
             for f in figures:
                 self.db.execute(
@@ -173,14 +179,16 @@ class Store:
 
     def get(self, key: str) -> list[Figure]:
         """The figures stored under one measurement key (empty if none)."""
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures WHERE key=? ORDER BY id", (key,)).fetchall()
+        with self.lock:
+            rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures WHERE key=? ORDER BY id", (key,)).fetchall()
         return [self._figure(r) for r in rows]
 
     def figures(self, *, latest: bool = True) -> list[Figure]:
         """All figures; with `latest`, only those of the newest measurement (key) per (variant, engine,
         group): a re-measurement under other conditions, or a newer failure, replaces the whole group
         rather than mixing with it."""
-        rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures ORDER BY id").fetchall()
+        with self.lock:
+            rows = self.db.execute(f"SELECT {self._COLUMNS} FROM figures ORDER BY id").fetchall()
         newest: dict[tuple, str] = {}
         for r in rows:
             newest[(r[0], r[1], r[2])] = r[16]

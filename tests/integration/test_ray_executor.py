@@ -124,7 +124,7 @@ def test_compare_fidelity_through_ray_equals_the_local_executor(stores):
     assert "reference: every figure already measured" in out  # the reference ran once, locally
     for name in (F16, Q8):
         ours, theirs = _fidelity(on_ray, name), _fidelity(local, name)
-        assert any(m == "kld_mean" for _, m in ours), (name, out)
+        assert any(k[1] == "kld_mean" for k in ours), (name, out)
         assert ours == theirs, name  # same keys, values, spreads, counts, conditions and settings
 
 
@@ -173,6 +173,53 @@ def kill_probe(tmp_path):
     yield _KillProbe
     groups.unregister(PROBE)
     groups.unregister(QUICK)
+
+
+OVERLAP = "ray_overlap_probe"
+
+
+class _OverlapProbe(_QuickProbe):
+    """A worker group that holds its worker a few seconds, so that variants fanned out at once
+    overlap (the reference and baseline never start for it)."""
+
+    name = OVERLAP
+
+    def measure(self, run):
+        figs = super().measure(run)
+        time.sleep(6)
+        return figs
+
+
+def test_variants_fan_out_across_nodes_at_once(gguf, cluster, tmp_path):
+    """Issue 10: after the reference and the engine baseline, the variants run at the same time,
+    one worker per node; every figure says which other model was measured alongside it, and a
+    re-run measures nothing again."""
+    c, nodes = cluster
+    groups.register(OVERLAP, _OverlapProbe, replace=True)
+    try:
+        store = Store(tmp_path / "fan.sqlite")
+        cfg = CompareConfig.make(True, groups=(OVERLAP,))
+        out = _console()
+        with RayExecutor(c.address) as executor:
+            assert executor.parallel_models == 2  # the two nodes with CPUs (the head has none)
+            t0 = time.monotonic()
+            compare([Q8, Q4], cfg, store=store, executor=executor, console=out)
+            took = time.monotonic() - t0
+        log = out.file.getvalue()
+        placed = {m: node for m, _, node in executor.placements}
+        assert set(placed) == {Q8, Q4}, (executor.placements, log)
+        assert placed[Q8] != placed[Q4], placed  # one per node: each node has room for one 2-thread worker
+        figs = {f.variant: f for f in store.figures() if f.group == OVERLAP}
+        assert figs[Q8].status == figs[Q4].status == "ok", log
+        assert figs[Q8].conditions["measured_alongside"] == [Q4], figs[Q8].conditions
+        assert figs[Q4].conditions["measured_alongside"] == [Q8], figs[Q4].conditions
+        assert "compare: variants" in log and log.count("done") >= 2, log
+        print(f"two variants fanned out over two nodes in {took:.0f} s")
+        with RayExecutor(c.address) as executor:
+            compare([Q8, Q4], cfg, store=store, executor=executor, console=_console())
+        assert executor.placements == []  # everything stored: no worker started
+    finally:
+        groups.unregister(OVERLAP)
 
 
 def _workers_of(name: str) -> list[int]:

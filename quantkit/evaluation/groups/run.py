@@ -148,6 +148,7 @@ class Run:
     anchors: Anchors = field(default_factory=lambda: Anchors("reference"))
     keys: dict[str, str] = field(default_factory=dict)  # group -> measurement key
     history: list[str] = field(default_factory=list)  # groups the current engine process ran, in order
+    node: str = "local"  # where the current worker runs (a Ray node, for a cluster executor)
     server: EngineServer | None = None
 
     @property
