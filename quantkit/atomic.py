@@ -5,12 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 
+def _writer() -> str:
+    """This process as a writer: PID@host, because folders on a shared filesystem (the models of
+    a Ray cluster) are written by processes of several machines, whose PIDs only their own
+    machine can check."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
 def partial_path(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+    return final.with_name(f".{final.name}.partial-{_writer()}")
 
 
 @contextlib.contextmanager
@@ -33,7 +41,7 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
         if not replace:
             shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(final)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        old = final.with_name(f".{final.name}.old-{_writer()}")
         final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
@@ -42,13 +50,19 @@ def atomic_dir(final: Path, *, replace: bool = False) -> Iterator[Path]:
 
 
 def sweep_partials(folder: Path) -> list[Path]:
-    """Remove leftovers of killed writers (their PID is gone). Returns what was removed."""
+    """Remove leftovers of killed writers of this machine (their PID is gone). A writer of another
+    machine (PID@host) is left to that machine's own sweep: its PID means nothing here. Returns
+    what was removed."""
     removed: list[Path] = []
     if not folder.exists():
         return removed
+    here = socket.gethostname()
     for p in folder.iterdir():
         if p.name.startswith(".") and (".partial-" in p.name or ".old-" in p.name):
-            pid = p.name.rsplit("-", 1)[-1]
+            marker = p.name.split(".partial-" if ".partial-" in p.name else ".old-", 1)[1]
+            pid, _, host = marker.partition("@")  # written before hosts were recorded: this machine's
+            if host and host != here:
+                continue
             if pid.isdigit() and _alive(int(pid)):
                 continue
             shutil.rmtree(p, ignore_errors=True)

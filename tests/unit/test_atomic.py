@@ -41,3 +41,20 @@ def test_sweep_removes_leftovers_of_dead_writers_only(tmp_path):
     live.mkdir()
     assert sweep_partials(tmp_path) == [dead]
     assert live.exists() and not dead.exists()
+
+
+def test_sweep_leaves_other_machines_writers_alone(tmp_path):
+    """On a shared filesystem (a Ray cluster's models), a partial folder of another machine's build
+    is not this machine's to judge: its PID means nothing here."""
+    import socket
+
+    here = socket.gethostname()
+    other = tmp_path / ".v.partial-999999999@another-node"
+    dead_here = tmp_path / f".w.partial-999999999@{here}"
+    live_here = tmp_path / f".x.old-{os.getpid()}@{here}"
+    for p in (other, dead_here, live_here):
+        p.mkdir()
+    assert sweep_partials(tmp_path) == [dead_here]
+    assert other.exists() and live_here.exists()
+    with atomic_dir(tmp_path / "y") as tmp:
+        assert tmp.name == f".y.partial-{os.getpid()}@{here}"
