@@ -7,12 +7,13 @@
 "module:function" (imported when a build of that kind runs); `method` subclasses
 quantkit.recipes.MethodBase with `kind: Literal["hqq"]`; `output_format` is the variant format the
 build writes (a string, or a function of the method), which decides the engine that serves it
-(quantkit.engines.registry.for_format). An unknown kind is a ConfigError naming the known kinds.
+(quantkit.engines.registry.for_format). An unknown kind is a ConfigError naming the known kinds, a
+kind taken by another builder a ValueError. The mechanics are quantkit.registry's (the registered
+item is the BuilderSpec itself; its "module:function" is imported by `function()`).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from quantkit.recipes import (
     MethodBase,
     Recipe,
 )
+from quantkit.registry import Registry, import_attr
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -48,10 +50,7 @@ class BuilderSpec:
     output_format: str | Callable[[Any], str]
 
     def function(self) -> Builder:
-        if callable(self.build):
-            return self.build
-        module, _, attr = self.build.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return self.build if callable(self.build) else import_attr(self.build)
 
     def format_of(self, method: MethodBase) -> str:
         return self.output_format(method) if callable(self.output_format) else self.output_format
@@ -63,33 +62,32 @@ class BuilderSpec:
         return registry.for_format(self.format_of(method))
 
 
-_BUILDERS: dict[str, BuilderSpec] = {}
+_BUILDERS: Registry[BuilderSpec] = Registry("builder for method kind", error=ConfigError)
 
 
 def register_builder(kind: str, *, build: str | Builder, method: type[MethodBase],
                      output_format: str | Callable[[Any], str], replace: bool = False) -> BuilderSpec:
-    if not replace and kind in _BUILDERS:
-        raise ValueError(f"a builder for method kind {kind!r} is registered already")
-    recipes.register_method(kind, method, replace=replace)
     spec = BuilderSpec(kind, build, method, output_format)
-    _BUILDERS[kind] = spec
+    # the method first: it refuses a kind taken by another model, and changes nothing for the same model
+    recipes.register_method(kind, method, replace=replace)
+    _BUILDERS.register(kind, spec, replace=replace)
     return spec
 
 
 def unregister_builder(kind: str) -> None:
-    _BUILDERS.pop(kind, None)
+    _BUILDERS.unregister(kind)
     recipes.unregister_method(kind)
 
 
 def kinds() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_BUILDERS.names())
 
 
 def get(kind: str, origin: str = "recipe") -> BuilderSpec:
     if kind not in _BUILDERS:
         raise ConfigError(f"{origin}: field 'method.kind': no builder for method kind {kind!r}",
                           hint=f"known kinds: {', '.join(kinds())}")
-    return _BUILDERS[kind]
+    return _BUILDERS.get(kind)
 
 
 def for_method(method: MethodBase, origin: str = "recipe") -> BuilderSpec:

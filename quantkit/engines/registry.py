@@ -8,17 +8,18 @@ engine's core module until it is asked for), a class, or an instance:
 
 Installed packages can also register through the entry-point group `quantkit.engines`
 (name = "module:Class"). The loader, the environments, `setup` and `doctor` loop over this registry
-and never name an engine; which engine serves a format is `for_format`.
+and never name an engine; which engine serves a format is `for_format`. The mechanics (lazy import,
+entry points) are quantkit.registry's; an unknown or unloadable engine is a ConfigError, a name
+taken by another engine a ValueError.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Union
 
 from quantkit.errors import ConfigError
+from quantkit.registry import Registry, describe, folded
 
 if TYPE_CHECKING:
     from quantkit.engines.base import Engine
@@ -32,82 +33,45 @@ _BUILTIN: dict[str, str] = {
 }
 ENTRY_POINT_GROUP = "quantkit.engines"
 
-_refs: dict[str, EngineRef] = dict(_BUILTIN)
-_loaded: dict[str, Engine] = {}
-_entry_points_read = False
 
-
-def _read_entry_points() -> None:
-    global _entry_points_read
-    if _entry_points_read:
-        return
-    _entry_points_read = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _refs.setdefault(ep.name, ep.value)
-
-
-def register(name: str, ref: EngineRef, *, replace: bool = False) -> None:
-    """Register engine `name`: "module:Class", an Engine subclass or an instance. Lazy for strings."""
-    if not replace and name in _refs and _refs[name] != ref:
-        raise ValueError(f"engine {name!r} is registered already ({_refs[name]!r})")
-    _refs[name] = ref
-    _loaded.pop(name, None)
-
-
-def unregister(name: str) -> None:
-    _refs.pop(name, None)
-    _loaded.pop(name, None)
-
-
-@contextlib.contextmanager
-def registered(name: str, ref: EngineRef) -> Iterator[Engine]:
-    """Register `name` for the duration of a block (tests), and yield the engine."""
-    previous = _refs.get(name)
-    register(name, ref, replace=True)
-    try:
-        yield get(name)
-    finally:
-        unregister(name)
-        if previous is not None:
-            _refs[name] = previous
-
-
-def _instantiate(name: str, ref: EngineRef) -> Engine:
+def _engine(name: str, obj: object) -> Engine:
+    """An Engine subclass made into its instance, checked to be an Engine that calls itself `name`."""
     from quantkit.engines.base import Engine
 
-    obj: object = ref
-    if isinstance(ref, str):
-        module, _, attr = ref.partition(":")
-        if not attr:
-            raise ConfigError(f"engine {name!r}: {ref!r} is not \"module:Class\"")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"engine {name!r}: cannot import {ref!r} ({type(e).__name__}: {e})") from None
     if isinstance(obj, type) and issubclass(obj, Engine):
         obj = obj()
     if not isinstance(obj, Engine):
-        raise ConfigError(f"engine {name!r}: {ref!r} is not a quantkit.engines.base.Engine")
+        raise ConfigError(f"engine {name!r}: {describe(obj)} is not a quantkit.engines.base.Engine")
     if obj.name != name:
         raise ConfigError(f"engine registered as {name!r} calls itself {obj.name!r}")
     return obj
 
 
+_engines: Registry[Engine] = Registry("engine", _BUILTIN, make=_engine, entry_point_group=ENTRY_POINT_GROUP,
+                                      error=ConfigError, duplicate_error=folded(ValueError))
+
+
+def register(name: str, ref: EngineRef, *, replace: bool = False) -> None:
+    """Register engine `name`: "module:Class", an Engine subclass or an instance. Lazy for strings."""
+    _engines.register(name, ref, replace=replace)
+
+
+def unregister(name: str) -> None:
+    _engines.unregister(name)
+
+
+def registered(name: str, ref: EngineRef) -> AbstractContextManager[Engine]:
+    """Register `name` for the duration of a block (tests), and yield the engine."""
+    return _engines.registered(name, ref)
+
+
 def names() -> list[str]:
     """Registered engine names, built-ins first, in registration order."""
-    _read_entry_points()
-    return list(_refs)
+    return _engines.names()
 
 
 def get(name: str) -> Engine:
-    _read_entry_points()
-    if name not in _refs:
-        raise ConfigError(f"unknown engine {name!r}", hint=f"choose one of: {', '.join(_refs)}")
-    if name not in _loaded:
-        _loaded[name] = _instantiate(name, _refs[name])
-    return _loaded[name]
+    return _engines.get(name)
 
 
 def engines() -> list[Engine]:

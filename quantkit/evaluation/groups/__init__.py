@@ -4,14 +4,16 @@ a group's module is imported only when compare asks for it, and a new group is o
 
     from quantkit.evaluation import groups
     groups.register("energy", "mypkg.energy:EnergyGroup")
+
+The mechanics are quantkit.registry's; here a group class is checked (`_check`) when registered, a
+"module:Class" path when first used, and every error is a ConfigError.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from quantkit.errors import ConfigError
 from quantkit.evaluation.groups.base import NEEDS, Group, Needs
+from quantkit.registry import Registry
 
 __all__ = ["Group", "Needs", "NEEDS", "BUILTIN", "register", "unregister", "names", "get"]
 
@@ -25,52 +27,6 @@ BUILTIN: dict[str, str] = {
     "speed": f"{_HERE}.speed:SpeedGroup",
     "memory": f"{_HERE}.memory:MemoryGroup",
 }
-_specs: dict[str, str | type[Group]] = dict(BUILTIN)
-_loaded: dict[str, Group] = {}
-
-
-def register(name: str, spec: str | type[Group], *, replace: bool = False) -> None:
-    """Register a group class, or its "module:Class" path (imported on first use)."""
-    if not name or not isinstance(name, str):
-        raise ConfigError(f"a measurement group needs a name, not {name!r}")
-    if name in _specs and not replace:
-        raise ConfigError(f"measurement group {name!r} is already registered ({_describe(_specs[name])})",
-                          hint="pass replace=True to replace it")
-    if isinstance(spec, str) and spec.count(":") != 1:
-        raise ConfigError(f"measurement group {name!r}: {spec!r} is not a 'module:Class' path")
-    if not isinstance(spec, str):
-        _check(name, spec)
-    _specs[name] = spec
-    _loaded.pop(name, None)
-
-
-def unregister(name: str) -> None:
-    _specs.pop(name, None)
-    _loaded.pop(name, None)
-
-
-def names() -> list[str]:
-    """Registered group names (nothing is imported)."""
-    return list(_specs)
-
-
-def get(name: str) -> Group:
-    """The group registered under `name`, imported and made on first use."""
-    if name in _loaded:
-        return _loaded[name]
-    if name not in _specs:
-        raise ConfigError(f"unknown measurement group {name!r}", hint=f"registered: {', '.join(_specs)}")
-    spec = _specs[name]
-    if isinstance(spec, str):
-        module, _, attr = spec.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"measurement group {name!r}: cannot load {spec} ({e})") from e
-    else:
-        cls = spec
-    _loaded[name] = _check(name, cls)()
-    return _loaded[name]
 
 
 def _check(name: str, cls: object) -> type[Group]:
@@ -88,5 +44,30 @@ def _check(name: str, cls: object) -> type[Group]:
     return cls
 
 
-def _describe(spec: str | type[Group]) -> str:
-    return spec if isinstance(spec, str) else f"{spec.__module__}:{spec.__qualname__}"
+def _make(name: str, cls: object) -> Group:
+    return _check(name, cls)()
+
+
+_groups: Registry[Group] = Registry("measurement group", BUILTIN, make=_make, error=ConfigError,
+                                    duplicate_error=ConfigError)
+
+
+def register(name: str, spec: str | type[Group], *, replace: bool = False) -> None:
+    """Register a group class, or its "module:Class" path (imported on first use)."""
+    if not isinstance(spec, str):
+        _check(name, spec)
+    _groups.register(name, spec, replace=replace)
+
+
+def unregister(name: str) -> None:
+    _groups.unregister(name)
+
+
+def names() -> list[str]:
+    """Registered group names (nothing is imported)."""
+    return _groups.names()
+
+
+def get(name: str) -> Group:
+    """The group registered under `name`, imported and made on first use."""
+    return _groups.get(name)

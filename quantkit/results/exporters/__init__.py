@@ -6,14 +6,15 @@ is a class (or an instance) with `name`, `suffix` (the usual file suffix), `desc
 `lm_eval/api/registry.py`: a `"module:attr"` string is imported on first use, so listing the
 formats imports no exporter. Adding an exporter is one file here plus one line in `BUILTIN`;
 code outside quantkit (tests, plugins) calls `register()`, and installed packages may declare an
-entry point in the `quantkit.exporters` group.
+entry point in the `quantkit.exporters` group. The mechanics are quantkit.registry's; an unknown or
+unloadable format is a KeyError, a name taken by another exporter a ValueError.
 """
 
 from __future__ import annotations
 
-import importlib
-from importlib import metadata
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from quantkit.registry import Registry, folded
 
 if TYPE_CHECKING:
     from quantkit.results.report import Report
@@ -37,54 +38,36 @@ class Exporter(Protocol):
 
 
 Target = str | type | Exporter
-_registry: dict[str, Target] = dict(BUILTIN)
-_loaded: dict[str, Exporter] = {}
-_entry_points_read = False
+
+
+def _exporter(name: str, target: Any) -> Exporter:
+    """An exporter class made into its instance (without arguments); an instance as it is."""
+    return target() if isinstance(target, type) else target
+
+
+_exporters: Registry[Exporter] = Registry("format", BUILTIN, make=_exporter, entry_point_group=ENTRY_POINT_GROUP,
+                                          error=folded(KeyError), duplicate_error=folded(ValueError))
 
 
 def register(name: str, target: Target, *, replace: bool = False) -> None:
     """Register an exporter under a format name: a `"module:attr"` string (imported on first use),
     an exporter class (instantiated without arguments on first use) or an exporter instance."""
-    if name in _registry and not replace and _registry[name] != target:
-        raise ValueError(f"exporter {name!r} is already registered ({_registry[name]!r})")
-    _registry[name] = target
-    _loaded.pop(name, None)
+    _exporters.register(name, target, replace=replace)
 
 
 def unregister(name: str) -> None:
-    _registry.pop(name, None)
-    _loaded.pop(name, None)
-
-
-def _read_entry_points() -> None:
-    global _entry_points_read
-    if _entry_points_read:
-        return
-    _entry_points_read = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        _registry.setdefault(ep.name, ep.value)
+    _exporters.unregister(name)
 
 
 def names() -> list[str]:
-    """The registered format names, built-in ones first."""
-    _read_entry_points()
-    return list(BUILTIN) + sorted(n for n in _registry if n not in BUILTIN)
+    """The registered format names, built-in ones first (the others sorted)."""
+    listed = _exporters.names()
+    return [n for n in listed if n in BUILTIN] + sorted(n for n in listed if n not in BUILTIN)
 
 
 def get(name: str) -> Exporter:
     """The exporter of a format; KeyError (naming the formats) for an unknown one."""
-    _read_entry_points()
-    if name in _loaded:
-        return _loaded[name]
-    if name not in _registry:
-        raise KeyError(f"unknown format {name!r}; choose one of: {', '.join(names())}")
-    target = _registry[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-    exporter = target() if isinstance(target, type) else target
-    _loaded[name] = exporter
-    return exporter
+    return _exporters.get(name)
 
 
 def export(source: Store | Report, name: str) -> str:
