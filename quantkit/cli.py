@@ -63,25 +63,46 @@ def doctor(fast: bool = typer.Option(False, "--fast", help="skip importing each 
 
 @app.command()
 def build(
-    recipe: str = typer.Argument(..., help="recipe YAML file, e.g. recipes/smollm2_gptq_w4a16.yaml"),
+    recipes: list[str] = typer.Argument(..., help="recipe YAML file(s), e.g. recipes/smollm2_gptq_w4a16.yaml"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a recipe field: key.path=value"),
     force: bool = typer.Option(False, "--force", help="rebuild even if an identical variant exists"),
+    executor: str = typer.Option("local", "--executor", help="local: one recipe after another on this machine; "
+                                 "ray: all at once on a Ray cluster, one node's CPUs (or one GPU) per build"),
+    address: str | None = typer.Option(None, "--address", help="with --executor ray: auto, HOST:PORT, or none "
+                                       "for a local Ray instance"),
 ) -> None:
-    """Build a quantized variant from a recipe (atomically; identical recipes are reused)."""
+    """Build quantized variants from recipes (atomically; identical recipes are reused)."""
     from quantkit import builders, sources
     from quantkit.recipes import load_recipe
 
-    try:
-        r = load_recipe(recipe, set_ or [])
-        sources.preflight(r.source)  # a hub model neither cached nor reachable fails now, not in the engine
-        variant, reused = builders.build(r, recipe_file=recipe, force=force, console=console)
-    except QuantkitError as e:
-        _fail(e)
-    m = variant.manifest
-    verb = "reused" if reused else f"built in {m.get('build_seconds')} s"
-    bpw = m.get("bits_per_weight")
-    console.print(f"[green]{variant.name}[/] {verb}: {m.get('format')}, "
-                  f"{f'{bpw:.2f} bits/weight' if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
+    if executor not in ("local", "ray") or (address and executor != "ray"):
+        console.print(f"[red]error:[/] --executor is local or ray, not {executor!r}" if executor not in ("local", "ray")
+                      else "[red]error:[/] --address goes with --executor ray")
+        raise typer.Exit(2)
+    if executor == "ray":
+        from quantkit.execution.ray_builds import build_all
+        from quantkit.execution.ray_executor import RayExecutor
+
+        try:
+            with RayExecutor(address) as runner:
+                outcomes = build_all(recipes, set_ or [], executor=runner, force=force, console=console)
+        except QuantkitError as e:
+            _fail(e)
+        if any(o.error for o in outcomes):
+            raise typer.Exit(1)
+        return
+    for recipe in recipes:
+        try:
+            r = load_recipe(recipe, set_ or [])
+            sources.preflight(r.source)  # a hub model neither cached nor reachable fails now, not in the engine
+            variant, reused = builders.build(r, recipe_file=recipe, force=force, console=console)
+        except QuantkitError as e:
+            _fail(e)
+        m = variant.manifest
+        verb = "reused" if reused else f"built in {m.get('build_seconds')} s"
+        bpw = m.get("bits_per_weight")
+        console.print(f"[green]{variant.name}[/] {verb}: {m.get('format')}, "
+                      f"{f'{bpw:.2f} bits/weight' if bpw else m.get('bits_per_weight_reason', '')} -> {variant.path}")
 
 
 def _engine_options(opts: list[str] | None) -> dict:

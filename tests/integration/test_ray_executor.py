@@ -26,7 +26,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from quantkit import builders, loader, paths
-from quantkit.errors import ConfigError, EngineMissingError
+from quantkit.errors import ConfigError, EngineMissingError, QuantkitError
 from quantkit.evaluation import groups
 from quantkit.evaluation.compare import CompareConfig, compare, engine_settings, prepare_inputs
 from quantkit.evaluation.groups import Group
@@ -220,6 +220,49 @@ def test_variants_fan_out_across_nodes_at_once(gguf, cluster, tmp_path):
         assert executor.placements == []  # everything stored: no worker started
     finally:
         groups.unregister(OVERLAP)
+
+
+def test_build_runs_recipes_at_once_across_nodes(gguf, cluster, tmp_path):
+    """Issue 10: `quantkit build --executor ray A B` builds both at once, one per node (a node's
+    CPUs per build), into the shared models/variants; a bad recipe fails before anything runs."""
+    from quantkit import variants
+    from quantkit.execution.ray_builds import build_all
+
+    c, _ = cluster
+    names = ["raytest-gguf-q8_0", "raytest-gguf-q4_0"]
+    files = []
+    for name, qtype in zip(names, ("Q8_0", "Q4_0")):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(f"name: {name}\nsource: default\nmethod:\n  kind: gguf\n  type: {qtype}\n")
+        files.append(str(f))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: raytest-bad\nsource: default\nmethod:\n  kind: gguf\n  type: Q9_X\n")
+    try:
+        with RayExecutor(c.address) as executor:
+            with pytest.raises(QuantkitError) as e:
+                build_all([files[0], str(bad)], [], executor=executor, console=_console())
+            assert "bad.yaml" in str(e.value) and "type" in str(e.value), e.value  # file and field, nothing built
+            assert not variants.variant_dir(names[0]).exists()
+            out = _console()
+            t0 = time.monotonic()
+            outcomes = build_all(files, [], executor=executor, console=out)
+            took = time.monotonic() - t0
+        log = out.file.getvalue()
+        assert [o.error for o in outcomes] == ["", ""], log
+        assert [o.variant for o in outcomes] == names and not any(o.reused for o in outcomes), log
+        for name in names:
+            v = variants.read(variants.variant_dir(name))
+            assert v.complete and v.manifest["format"] == "gguf", v.manifest
+        # at once: together they took less than one after the other would have
+        assert took < sum(o.seconds for o in outcomes), (took, [o.seconds for o in outcomes], log)
+        with RayExecutor(c.address) as executor:  # identical finished builds are reused
+            again = build_all(files, [], executor=executor, console=_console())
+        assert all(o.reused for o in again)
+    finally:
+        import shutil
+
+        for name in names:
+            shutil.rmtree(variants.variant_dir(name), ignore_errors=True)
 
 
 def _workers_of(name: str) -> list[int]:
