@@ -173,6 +173,9 @@ def compare(
                                  "engine envs made by `quantkit setup` on each node)"),
     address: str | None = typer.Option(None, "--address", help="with --executor ray: auto (the cluster this "
                                           "machine joined) or HOST:PORT of its head; default: a local Ray instance"),
+    replicas: int = typer.Option(1, "--replicas", help="also run the replica sweep: N servers of 1/N of the cores "
+                                 "each (round-robin) against one server on all of them; the leaderboard's scaling "
+                                 "table"),
 ) -> None:
     """Measure fidelity, probes, tasks, speed and memory of variants side by side (resumable)."""
     import contextlib
@@ -194,7 +197,7 @@ def compare(
     temps = tuple(float(t) for t in temperatures.split(",") if t.strip()) if temperatures else ()
     cfg = CompareConfig.make(quick, tasks=chosen, limit=limit if limit is not None else (20 if quick and chosen else None),
                              force=force, temperatures=temps, top_p=top_p, sweep_samples=samples,
-                             sweep_problems=sweep_problems)
+                             sweep_problems=sweep_problems, replicas=replicas)
     try:
         from quantkit import sources
         from quantkit.evaluation.compare import plan

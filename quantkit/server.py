@@ -38,12 +38,15 @@ class EngineServer:
     and with quantkit (it runs supervised: see quantkit/execution/supervisor.py)."""
 
     def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int | None = None,
-                 startup_timeout: float = 900, log_path: Path | None = None):
+                 startup_timeout: float = 900, log_path: Path | None = None, cpus: list[int] | None = None,
+                 env: dict[str, str] | None = None):
+        """`cpus`: pin the server to these cores (taskset); `env`: extra environment variables."""
         self.target, self.host = target, host
+        self.cpus, self.extra_env = cpus, dict(env or {})
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
         self.log_path = log_path or paths.cache_dir() / "logs" / \
-            f"{time.strftime('%Y%m%d-%H%M%S')}-serve-{target.engine.name}-{target.name}.log"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-serve-{target.engine.name}-{target.name}-{self.port}.log"
         self.proc: Supervised | None = None
 
     @property
@@ -60,12 +63,14 @@ class EngineServer:
                               hint="pick another with --port, or stop what is listening there")
         cmd = self.target.engine.server_command(self.target.model_path, self.model_name, self.target.settings,
                                                 self.host, self.port)
+        if self.cpus:
+            cmd = ["taskset", "-c", ",".join(str(c) for c in self.cpus), *cmd]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w", encoding="utf-8")
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         self.proc = Supervised(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               env=runtime_env(self.target.engine.env))
+                               env={**runtime_env(self.target.engine.env), **self.extra_env})
         log.close()
         try:
             self._wait_healthy()

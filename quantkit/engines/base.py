@@ -123,6 +123,14 @@ class Engine(ABC):
                        host: str, port: int) -> list[str]:
         """Command line of the engine's own OpenAI-compatible server."""
 
+    def cpu_share(self, settings: Any, cpus: list[int], shares: int) -> tuple[Any, dict[str, str]]:
+        """Settings and extra environment for a server confined to `cpus`, one of `shares` equal
+        shares of the machine (one replica of the replica sweep; quantkit also pins the process to
+        them with taskset). An engine that cannot be told its share of the cores says so."""
+        from quantkit.errors import ConfigError
+
+        raise ConfigError(f"{self.display_name} cannot be given a share of the CPU cores (replica sweep)")
+
     # -- figures -----------------------------------------------------------------------------------
 
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:

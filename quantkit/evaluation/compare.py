@@ -140,6 +140,12 @@ def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, cons
 
     labels = {"model": run.target.name, "engine": run.target.engine.name, "what": needs}
     run.history = []
+    if needs == "own":  # the group starts its own processes (and times them in its figures)
+        try:
+            yield
+        finally:
+            run.worker = run.server = None
+        return
     with contextlib.ExitStack() as stack:
         with clock.stage("start", **labels) as row:
             if needs == "server":
@@ -356,7 +362,7 @@ def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: I
             todo = [g for g in pending if g.needs == needs]
             if not todo:
                 continue
-            on_driver = needs == "server" and not getattr(executor, "places_servers", False)
+            on_driver = needs in ("server", "own") and not getattr(executor, "places_servers", False)
             try:
                 with _DRIVER_SERVER if on_driver else contextlib.nullcontext():
                     board.update(name, group=f"start {needs}", state="starting", node="driver" if on_driver else "-")

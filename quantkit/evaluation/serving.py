@@ -169,7 +169,11 @@ async def _one(session, url: str, model: str, prompt: list[int], max_tokens: int
     return timing.summary()
 
 
-async def _level(url: str, model: str, prompts: list[list[int]], concurrency: int, max_tokens: int) -> dict:
+async def _level(url: str | list[str], model: str, prompts: list[list[int]], concurrency: int,
+                 max_tokens: int) -> dict:
+    """Send `prompts` with at most `concurrency` in flight; with several server URLs (replicas),
+    request i goes to URL i mod n (the client-side round-robin of the replica sweep)."""
+    urls = [url] if isinstance(url, str) else list(url)
     # aiohttp, as `vllm bench serve`: its `iter_any` hands over each network read whole (httpx
     # splits a read into its HTTP chunks and hides where one read ended).
     import aiohttp
@@ -180,12 +184,12 @@ async def _level(url: str, model: str, prompts: list[list[int]], concurrency: in
     # its own schedule, and a reused one then fails as ServerDisconnectedError mid-sweep.
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        async def guarded(p):
+        async def guarded(i, p):
             async with sem:
-                return await _one(session, url, model, p, max_tokens)
+                return await _one(session, urls[i % len(urls)], model, p, max_tokens)
 
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(guarded(p) for p in prompts))
+        results = await asyncio.gather(*(guarded(i, p) for i, p in enumerate(prompts)))
         wall = time.perf_counter() - t0
     return {"wall": wall, "results": results}
 
@@ -196,11 +200,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def requests_needed(levels: list[int], repeats: int) -> int:
-    """Prompts a sweep sends in all: 2 x concurrency requests (at least 4) per level and repeat."""
+    """Prompts a sweep sends in all: 2 x concurrency requests (at least 4) per level and repeat,
+    and the warm-up's."""
     return sum(max(2 * c, 4) for c in levels) * repeats + 1
 
 
-def sweep(url: str, model: str, prompts: list[list[int]], levels: list[int], max_tokens: int,
+def sweep(url: str | list[str], model: str, prompts: list[list[int]], levels: list[int], max_tokens: int,
           repeats: int) -> list[dict]:
     """Per concurrency level: TTFT, ITL (per token, see the module docstring) and TPOT median/p90
     over all requests of all repeats; output tokens/s (tokens the server reported) and requests/s
@@ -208,15 +213,19 @@ def sweep(url: str, model: str, prompts: list[list[int]], levels: list[int], max
     reads per token) so that a reader can see when the stream was coalesced.
 
     Prompts are taken in turn from `prompts`; pass `requests_needed(...)` of them so that no
-    prompt is sent twice (fewer are cycled)."""
-    pool = iter(prompts * (requests_needed(levels, repeats) // len(prompts) + 1))
-    asyncio.run(_level(url, model, [next(pool)], 1, 4))  # warm-up
+    prompt is sent twice (fewer are cycled). Several URLs: the replicas of one model, requests
+    spread round-robin over them (each warmed up first)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    for u in urls:  # each server warmed up with the same first prompt: the measured requests are the same for any layout
+        asyncio.run(_level(u, model, prompts[:1], 1, 4))
+    measured = prompts[1:] or prompts
+    pool = iter(measured * (requests_needed(levels, repeats) // len(measured) + 1))
     out = []
     for c in levels:
         n_requests = max(2 * c, 4)
         ttft, itl, tpot, tps, rps, reads, events, tokens, counted = [], [], [], [], [], 0, 0, 0, set()
         for _ in range(repeats):
-            run = asyncio.run(_level(url, model, [next(pool) for _ in range(n_requests)], c, max_tokens))
+            run = asyncio.run(_level(urls, model, [next(pool) for _ in range(n_requests)], c, max_tokens))
             results = run["results"]
             ttft += [r["ttft"] for r in results]
             itl += [x for r in results for x in r["itl"]]

@@ -179,6 +179,7 @@ class Report:
     notes: list[str]
     figures: list[Figure]
     stages: Table = field(default_factory=lambda: Table([]))  # wall time of engine starts and groups
+    scaling: Table = field(default_factory=lambda: Table([]))  # the replica sweep: layouts x concurrency
 
 
 # ---------------------------------------------------------------- building
@@ -209,7 +210,7 @@ def task_columns(figs: list[Figure]) -> list[Column]:
 
 # groups the columns above (and the fidelity details, probes and sweep sections) already show;
 # any other group's figures get a column each, so a new measurement group needs no change here
-SHOWN_GROUPS = {"memory", "fidelity", "speed", "serving", "roofline", "probes", "sweep", "tasks"}
+SHOWN_GROUPS = {"memory", "fidelity", "speed", "serving", "roofline", "probes", "sweep", "tasks", "scaling"}
 # compare's own clock (group "stages": seconds per engine start and group on this machine): not a
 # property of the model, so its own table, never leaderboard columns
 STAGES = "stages"
@@ -423,6 +424,34 @@ def sweep_table(figs: list[Figure]) -> Table:
     return table
 
 
+SCALING = "scaling"
+
+
+def scaling_table(figs: list[Figure]) -> Table:
+    """The replica sweep: one row per (variant, engine, layout), in the order measured (one share,
+    N replicas, one server on N shares); per concurrency the output tokens/s (± half the spread of
+    the repeats), the median ITL and the scaling efficiency throughput / (N x one share's)."""
+    by: dict[tuple[str, str, str], dict[tuple[str, int], Figure]] = defaultdict(dict)
+    for f in figs:
+        if f.group == SCALING and f.status == "ok" and "layout" in f.params:
+            by[(f.variant, f.engine, str(f.params["layout"]))][(f.metric, int(f.params["concurrency"]))] = f
+    levels = sorted({c for v in by.values() for _, c in v})
+    per_level = (("tok/s", "output_tokens_per_s", "{:.1f}", True), ("ITL ms", "itl_median_ms", "{:.1f}", False),
+                 ("efficiency", "scaling_efficiency", "{:.2f}", True))
+    table = Table([Column("variant"), Column("engine"), Column("layout")]
+                  + [Column(f"{title} @{c}", SCALING, metric, fmt, better, params=(("concurrency", c),))
+                     for c in levels for title, metric, fmt, better in per_level])
+    for (variant, engine, layout), m in sorted(by.items(), key=lambda kv: references_first(kv[0][0])):
+        cells = [label(variant), label(engine), label(layout)]
+        for c in levels:
+            for _, metric, fmt, _ in per_level:
+                fig = m.get((metric, c))
+                reason = "the unit" if metric == "scaling_efficiency" and fig is None else "not measured"
+                cells.append(of(fig, fmt, reason=reason, show_uncertainty=metric == "output_tokens_per_s"))
+        table.rows.append(Row(variant, engine, is_reference_name(variant), cells))
+    return table
+
+
 def stage_table(figs: list[Figure]) -> Table:
     """Seconds per engine start and per group, per model, of the newest compare run that measured it
     (wall time on this machine: where a compare spends its time, not a property of the model)."""
@@ -497,4 +526,4 @@ def build(store: Store) -> Report:
     """The whole report, read from the store once."""
     figs = store.figures()
     return Report([section(figs, name) for name in section_names(figs)], probes(figs), sweep_table(figs),
-                  notes(figs), figs, stage_table(figs))
+                  notes(figs), figs, stage_table(figs), scaling_table(figs))

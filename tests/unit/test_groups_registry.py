@@ -113,7 +113,7 @@ def _compare(db, cfg, executor):
 
 
 def test_builtin_groups_are_registered_lazily():
-    assert groups.names()[:7] == ["serving", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]
+    assert groups.names()[:8] == ["serving", "scaling", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]
     code = ("import sys; from quantkit.evaluation import groups; groups.names(); "
             "print(any(m in sys.modules for m in ('quantkit.evaluation.groups.sweep', 'quantkit.evaluation.groups.tasks')))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
@@ -122,7 +122,9 @@ def test_builtin_groups_are_registered_lazily():
 
 def test_default_running_order_server_first_memory_last():
     names = [g.name for g in compare.selected_groups(CompareConfig(tasks=["arc_easy"], temperatures=(0.0,)))]
-    assert names == ["serving", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]
+    assert names == ["serving", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]  # no replicas: no scaling
+    names = [g.name for g in compare.selected_groups(CompareConfig(replicas=2))]
+    assert names[:2] == ["scaling", "serving"]  # it starts its own servers, before the model's server
     assert [g.name for g in compare.selected_groups(CompareConfig())] == ["serving", "fidelity", "probes", "speed",
                                                                           "memory"]
     with pytest.raises(ConfigError, match="unknown measurement group 'nope'"):

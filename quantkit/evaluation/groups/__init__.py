@@ -20,6 +20,7 @@ __all__ = ["Group", "Needs", "NEEDS", "BUILTIN", "register", "unregister", "name
 _HERE = __name__
 BUILTIN: dict[str, str] = {
     "serving": f"{_HERE}.serving:ServingGroup",
+    "scaling": f"{_HERE}.scaling:ScalingGroup",
     "fidelity": f"{_HERE}.fidelity:FidelityGroup",
     "probes": f"{_HERE}.probes:ProbesGroup",
     "tasks": f"{_HERE}.tasks:TasksGroup",

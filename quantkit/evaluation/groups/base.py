@@ -9,8 +9,10 @@ if TYPE_CHECKING:
     from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run
     from quantkit.results.store import Figure, Store
 
-Needs = Literal["worker", "server"]
-NEEDS: tuple[Needs, ...] = ("server", "worker")  # the order compare starts them in for one model
+# "own": compare starts nothing; the group starts the engine processes it needs itself (the replica
+# sweep starts several servers)
+Needs = Literal["worker", "server", "own"]
+NEEDS: tuple[Needs, ...] = ("own", "server", "worker")  # the order compare runs them in for one model
 
 
 class Group(ABC):

@@ -52,6 +52,9 @@ class CompareConfig(BaseModel):
     serving_levels: tuple[int, ...] = (1, 4, 16)
     serving_output: int = 64
     serving_repeats: int = 3
+    # the replica sweep (group "scaling"): N replicas of the engine's server, each on 1/N of the
+    # cores, against one server on all of them and one on a single share; 1: not measured
+    replicas: int = Field(1, ge=1)
     temperatures: tuple[float, ...] = ()
     top_p: float = 1.0
     sweep_samples: int = 8

@@ -327,6 +327,10 @@ class HtmlExporter:
         if report.sweep.rows:
             parts.append("<h2>Temperature sweep (GSM8K)</h2>")
             parts.append(_table_html(report.sweep, figs, "sweep"))
+        if report.scaling.rows:
+            parts.append("<h2>Replica sweep</h2><p>Layout <code>NxK</code>: N servers of K cores each, requests "
+                         "round-robin; efficiency: tok/s / (N &times; tok/s of one share).</p>")
+            parts.append(_table_html(report.scaling, figs, "scaling"))
         if report.stages.rows:
             parts.append("<h2>Stage times</h2><p>Seconds on this machine, newest compare run per model: where a "
                          "compare spends its time, not a property of the model.</p>")

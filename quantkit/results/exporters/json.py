@@ -53,6 +53,7 @@ class JsonExporter:
         return json.dumps({"table": {"header": header, "rows": body}, "probes": report.probes, "notes": report.notes,
                            "fidelity": {s.reference: _fidelity(s) for s in report.sections},
                            "sweep": {"header": report.sweep.header(), "rows": rows(report.sweep)},
+                           "scaling": {"header": report.scaling.header(), "rows": rows(report.scaling)},
                            "figures": [as_dict(f) for f in report.figures],
                            "sections": [{"reference": s.reference, "table": typed_table(s.table)} for s in report.sections]},
                           indent=2, default=str)

@@ -45,6 +45,12 @@ class MarkdownExporter:
             sh = report.sweep.header()
             md += ["## Temperature sweep (GSM8K)", "", "| " + " | ".join(sh) + " |", "|" + "---|" * len(sh)]
             md += ["| " + " | ".join(r) + " |" for r in rows(report.sweep)] + [""]
+        if report.scaling.rows:
+            sc = report.scaling.header()
+            md += ["## Replica sweep (N data-parallel replicas against one server on the same cores)", "",
+                   "Layout `NxK`: N servers of K cores each, requests round-robin; efficiency: tok/s / (N x tok/s "
+                   "of one share).", "", "| " + " | ".join(sc) + " |", "|" + "---|" * len(sc)]
+            md += ["| " + " | ".join(r) + " |" for r in rows(report.scaling)] + [""]
         if report.stages.rows:
             st = report.stages.header()
             md += ["## Stage times (seconds on this machine, newest compare run per model)", "",
