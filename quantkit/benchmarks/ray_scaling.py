@@ -2,7 +2,7 @@
 item 4; a script, not a timed test).
 
     .venv/bin/python -m quantkit.benchmarks.ray_scaling [--variants A B ...] [--groups fidelity,probes]
-                                                         [--repeats 3] [--two-nodes]
+                                                         [--repeats 3] [--two-nodes] [--threads N]
 
 First a seed store is filled with the local executor: the reference and each engine's
 full-precision baseline (what the variants are scored against) and one warm-up pass of the
@@ -13,8 +13,10 @@ machine's load drifts), and the median of each is printed with its ratio to loca
 cluster, not per compare.
 
 Targets (issue 10): Ray on one node adds at most 5% over the local executor; two nodes finish at
-least 1.7x faster where the work splits evenly. compare measures one model after another today (the
-variants' fan-out is not built yet), so two nodes are shown for their overhead, not for a speed-up.
+least 1.7x faster where the work splits evenly. On Ray, compare fans the variants out, one per node
+with room. For the split to be even on one machine, give every worker a fixed thread count
+(`--threads 1` on 2 cores): the local executor then runs the variants one after another on one
+core each, and the two-node cluster (each node `cores / 2` CPUs) runs two at once.
 """
 
 from __future__ import annotations
@@ -47,12 +49,12 @@ def _fresh_copy(seed: Path, dst: Path, variants: list[str]) -> Path:
     return dst
 
 
-def _timed(variants: list[str], cfg, store_path: Path, executor) -> float:
+def _timed(variants: list[str], cfg, store_path: Path, executor, settings: dict | None) -> float:
     from quantkit.evaluation.compare import compare
     from quantkit.results.store import Store
 
     t = time.perf_counter()
-    compare(variants, cfg, store=Store(store_path), executor=executor, console=_quiet())
+    compare(variants, cfg, store=Store(store_path), executor=executor, console=_quiet(), settings=settings)
     return time.perf_counter() - t
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--groups", default=",".join(DEFAULT_GROUPS), help="comma-separated measurement groups")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--two-nodes", action="store_true", help="also Ray on a local two-node cluster")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="n_threads of every variant's worker (default: the engine's; 1 makes two nodes split 2 cores)")
     ap.add_argument("--work-dir", type=Path, default=None, help="where the stores go (default: a temp dir)")
     ap.add_argument("--seed", type=Path, default=None,
                     help="start the seed store from a copy of this one (e.g. results/quantkit.sqlite): a reference "
@@ -74,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = CompareConfig.make(True, groups=tuple(g for g in args.groups.split(",") if g))
+    settings = {"n_threads": args.threads} if args.threads else None
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="quantkit-ray-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     seed = work / "seed.sqlite"
     if args.seed is not None:
         _fresh_copy(args.seed, seed, [])
     print(f"variants: {', '.join(args.variants)}; groups: {', '.join(cfg.groups)}; {args.repeats} repeats; "
-          f"{os.cpu_count()} CPUs; stores in {work}")
+          f"{os.cpu_count()} CPUs; worker threads {args.threads or 'engine default'}; stores in {work}")
     t = time.perf_counter()
-    compare(args.variants, cfg, store=Store(seed), executor=LocalExecutor(), console=_quiet())
+    compare(args.variants, cfg, store=Store(seed), executor=LocalExecutor(), console=_quiet(), settings=settings)
     print(f"seed (reference, baselines, warm-up): {time.perf_counter() - t:.1f} s")
 
     modes: dict[str, list[float]] = {"local": [], "ray, 1 node": []}
@@ -94,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i in range(args.repeats):
             modes["local"].append(_timed(args.variants, cfg, _fresh_copy(seed, work / "run.sqlite", args.variants),
-                                         LocalExecutor()))
+                                         LocalExecutor(), settings))
             modes["ray, 1 node"].append(_timed(args.variants, cfg,
-                                               _fresh_copy(seed, work / "run.sqlite", args.variants), ray_one))
+                                               _fresh_copy(seed, work / "run.sqlite", args.variants), ray_one,
+                                               settings))
             print(f"  run {i + 1}: " + ", ".join(f"{m} {v[-1]:.1f} s" for m, v in modes.items()))
         ray_one.close()
         if args.two_nodes:
@@ -105,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             cluster = Cluster(initialize_head=True, connect=False,
                               head_node_args={"num_cpus": 0, "include_dashboard": False})
-            for _ in range(2):
-                cluster.add_node(num_cpus=os.cpu_count())
+            for _ in range(2):  # with fixed threads, each node has half the cores: two workers at once
+                cluster.add_node(num_cpus=max(1, (os.cpu_count() or 2) // 2) if args.threads else os.cpu_count())
             cluster.wait_for_nodes()
             print(f"Ray start (two-node local cluster): {time.perf_counter() - t:.1f} s")
             modes["ray, 2 nodes"] = []
             with RayExecutor(cluster.address) as two:
                 for _ in range(args.repeats):
                     modes["ray, 2 nodes"].append(
-                        _timed(args.variants, cfg, _fresh_copy(seed, work / "run.sqlite", args.variants), two))
+                        _timed(args.variants, cfg, _fresh_copy(seed, work / "run.sqlite", args.variants), two,
+                               settings))
     finally:
         ray_one.close()
         if cluster is not None:
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {mode:<14} {med:8.1f} s   x{med / base:.3f} of local   runs: {', '.join(f'{w:.1f}' for w in walls)}")
     one = statistics.median(modes["ray, 1 node"])
     print(f"Ray on one node: {100 * (one / base - 1):+.1f}% against local (target: at most +5%)")
+    if "ray, 2 nodes" in modes:
+        two_med = statistics.median(modes["ray, 2 nodes"])
+        print(f"Ray on two nodes: {base / two_med:.2f}x as fast as local (target: at least 1.7x where the work "
+              f"splits evenly{'' if args.threads else '; without --threads each worker takes every core'})")
     return 0
 
 
