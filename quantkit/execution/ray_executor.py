@@ -148,8 +148,8 @@ class _WorkerActor:
     def where(self) -> dict:
         import ray
 
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address(), "host": socket.gethostname(),
+        runtime = ray.get_runtime_context()
+        return {"node_id": runtime.get_node_id(), "ip": ray.util.get_node_ip_address(), "host": socket.gethostname(),
                 "pid": os.getpid(), "home": str(paths.home()), "nice": os.getpriority(os.PRIO_PROCESS, 0),
                 "nice_error": self.nice_error}
 
