@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+
+def pytest_configure(config):
+    """Tests press Ctrl-C on the commands they start (SIGINT to the process group). A run started
+    as a background job of a non-interactive shell (`cmd &` without job control) inherits SIGINT
+    ignored, and so would every command it starts: Python then never raises KeyboardInterrupt and
+    those tests would measure the shell, not quantkit. Give the suite (and so its children) the
+    default handler back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
