@@ -181,12 +181,19 @@ def _rows(db: Path) -> dict[int, tuple]:
             return {}
 
 
-def _engine_up(run: Run, needle: str | None = None, helpers: bool = False) -> Callable[[], bool]:
-    """A command whose command line holds `needle` is running (and, with `helpers`, has children)."""
+# vLLM's own engine processes (EngineCore and its multiprocessing resource tracker, then the
+# Worker): what a killed quantkit used to orphan. Other children come and go during start-up
+# (one-shot probes that live milliseconds), so any child at all is no anchor for a kill point.
+VLLM_HELPERS = "multiprocessing"
+
+
+def _engine_up(run: Run, needle: str | None = None, helpers: str | None = None) -> Callable[[], bool]:
+    """A command whose command line holds `needle` is running (and, with `helpers`, has a child or
+    grandchild whose command line holds that)."""
     def ready() -> bool:
         tree = run.engine()
         cmds = [p for p in tree["commands"] if needle is None or needle in _cmdline(p)]
-        return bool(cmds) and (not helpers or bool(tree["helpers"]))
+        return bool(cmds) and (helpers is None or any(helpers in _cmdline(p) for p in tree["helpers"]))
     return ready
 
 
@@ -246,7 +253,7 @@ def test_serve_vllm_killed_while_starting(reference, tmp_path, record_property):
     """The issue's case: vLLM's api_server has started its EngineCore when quantkit is killed."""
     rng = _rng("serve-vllm")
     run = Run(["serve", "reference", "--port", str(free_port()), *VLLM_OPTS], tmp_path)
-    up = _engine_up(run, "api_server", helpers=True)
+    up = _engine_up(run, "api_server", helpers=VLLM_HELPERS)
     run.wait_for("vLLM's engine processes", up, 600)
     delay = _sleep_while(rng.uniform(0, 8.0), up)
     result = run.kill9_and_check()
@@ -309,7 +316,7 @@ def test_compare_killed_while_vllm_measures_the_reference(q8_variant, compare_db
     """The reference is measured on vLLM first (its server for the serving sweep, then its worker)."""
     rng = _rng("compare-vllm")
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
-    up = _engine_up(run, "vllm", helpers=True)
+    up = _engine_up(run, "vllm", helpers=VLLM_HELPERS)
     run.wait_for("vLLM's engine processes", up, 1200)
     delay = _sleep_while(rng.uniform(0, 20.0), up)
     result = run.kill9_and_check(compare_db)
@@ -321,7 +328,7 @@ def test_compare_killed_while_vllm_measures_the_reference(q8_variant, compare_db
 def test_compare_resumed_and_killed_while_vllm_worker_measures(q8_variant, compare_db, tmp_path, record_property):
     rng = _rng("compare-vllm-worker")
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
-    up = _engine_up(run, "quantkit.engines.vllm.worker", helpers=True)
+    up = _engine_up(run, "quantkit.engines.vllm.worker", helpers=VLLM_HELPERS)
     run.wait_for("vLLM's worker engine", up, 1800)
     delay = _sleep_while(rng.uniform(0, 20.0), up)
     result = run.kill9_and_check(compare_db)
