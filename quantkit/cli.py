@@ -167,7 +167,8 @@ def compare(
     sweep_problems: int | None = typer.Option(None, "--sweep-problems",
                                                  help="GSM8K problems in the sweep (default 50; 10 with --quick)"),
     db: str | None = typer.Option(None, "--db", help="results database (default results/quantkit.sqlite)"),
-    opt: list[str] | None = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value"),
+    opt: list[str] | None = typer.Option(None, "--opt", "-o", help="engine setting for every variant, key=value; "
+                                         "ENGINE.key=value (e.g. llamacpp.n_threads=1) for one engine's variants"),
     executor: str = typer.Option("local", "--executor", help="where engine workers run: local (subprocesses here) "
                                  "or ray (Ray actors on a cluster's nodes; model files on a shared filesystem, "
                                  "engine envs made by `quantkit setup` on each node)"),

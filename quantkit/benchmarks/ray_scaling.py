@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = CompareConfig.make(True, groups=tuple(g for g in args.groups.split(",") if g))
-    settings = {"n_threads": args.threads} if args.threads else None
+    settings = {"llamacpp.n_threads": args.threads} if args.threads else None  # the GGUF variants' workers
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="quantkit-ray-scaling-"))
     work.mkdir(parents=True, exist_ok=True)
     seed = work / "seed.sqlite"

@@ -406,8 +406,23 @@ def _store_stages(store: Store, run: Run, rows: list[dict], run_id: str) -> None
 
 def engine_settings(name: str, cfg: CompareConfig, extra: dict | None) -> dict:
     """Same context and log-prob settings for every model of an engine (Engine.compare_settings),
-    then the user's own."""
+    then the user's own: `key` for every model, `ENGINE.key` (e.g. `llamacpp.n_threads`) only for
+    that engine's models, so that a setting one engine lacks does not fail the others."""
     engine = loader.default_engine(loader.locate(name)[2])
     # 2048 holds GSM8K's 5-shot prompts (~1.1k tokens) plus 256 generated tokens
     context = max(cfg.window_len + 64, cfg.bench_input + cfg.bench_output, 2048)
-    return {**engine.compare_settings(context), **(extra or {})}
+    return {**engine.compare_settings(context), **scoped_settings(extra, engine.name)}
+
+
+def scoped_settings(extra: dict | None, engine: str) -> dict:
+    """The user's settings that apply to `engine`: unscoped keys, and `engine.key` ones (prefix dropped)."""
+    out: dict = {}
+    known = set(registry.names())
+    for key, value in (extra or {}).items():
+        scope, dot, name = key.partition(".")
+        if dot and scope in known:
+            if scope == engine:
+                out[name] = value
+        else:
+            out[key] = value
+    return out

@@ -167,3 +167,13 @@ def test_a_new_baseline_rows_file_replaces_the_old_one(tmp_home):
     save_rows(rows, "other", "reference|vllm|quick")
     save_rows(rows, "new", "reference|vllm|setup")
     assert not rows_file("old").exists() and rows_file("new").exists() and rows_file("other").exists()
+
+
+def test_engine_scoped_settings_reach_only_that_engines_models():
+    from quantkit.evaluation.compare import scoped_settings
+
+    extra = {"llamacpp.n_threads": 1, "vllm.max_num_seqs": 4, "seed": 3}
+    assert scoped_settings(extra, "llamacpp") == {"n_threads": 1, "seed": 3}
+    assert scoped_settings(extra, "vllm") == {"max_num_seqs": 4, "seed": 3}
+    assert scoped_settings({"not_an_engine.x": 1}, "vllm") == {"not_an_engine.x": 1}  # left for the engine to refuse
+    assert scoped_settings(None, "vllm") == {}
