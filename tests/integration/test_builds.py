@@ -190,7 +190,11 @@ def test_killing_a_build_halfway_leaves_no_valid_variant(reference, tmp_path, si
         time.sleep(0.5)
     time.sleep(8)  # well inside the model load / calibration
     os.killpg(proc.pid, sig)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:  # it did not stop: fail, but leave no build running
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     time.sleep(1)
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the worker, if a hard kill orphaned it

@@ -65,7 +65,11 @@ def _serve_and_ask(variant_name, question, extra=()):
                                            temperature=0.0)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=90)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:  # Ctrl-C did not stop it: fail, but leave no server running
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
     return answer.choices[0].text, "".join(lines)
