@@ -74,6 +74,9 @@ class LlamaCppEngine(Engine):
     def worker_settings(self, model_path: Path, settings: LlamaCppSettings) -> dict:
         s = settings.model_dump()
         s["n_threads"] = self._threads(settings)
+        # prompt batches too (llama-server's --threads-batch defaults to --threads; the binding's
+        # n_threads_batch to every core, which oversubscribes a worker given a share of the cores)
+        s["n_threads_batch"] = s["n_threads"]
         # the binding takes ggml type ids for the cache; the worker maps names -> ids
         return {"model": str(model_path), **s}
 
