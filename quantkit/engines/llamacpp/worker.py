@@ -48,14 +48,18 @@ def main(settings: dict) -> None:
         rc = llama_cpp.llama_decode(ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-    def open_context(slots: int, tokens_per_sequence: int, *, ubatch_is_batch: bool = False):
+    def open_context(slots: int, tokens_per_sequence: int, *, ubatch_is_batch: bool = False, pad: int = 256):
         """A llama_context for one call, with the worker's settings (threads, n_batch, KV types, flash
-        attention) and room for `slots` sequences of `tokens_per_sequence` tokens (rounded up to 256)
+        attention) and room for `slots` sequences of `tokens_per_sequence` tokens (rounded up to `pad`)
         each, KV not unified (each sequence gets n_ctx / n_seq_max); and a batch of n_batch tokens.
         The worker's own context holds one sequence. Returns (context, batch, memory, n_batch); the
         caller frees them with close_context. `ubatch_is_batch`: one graph per decode of n_batch
-        tokens (scoring), rather than the worker's micro-batch."""
-        per_seq = -(-tokens_per_sequence // 256) * 256
+        tokens (scoring), rather than the worker's micro-batch.
+
+        Without flash attention a decode's cost grows with the cells allocated, not only those
+        used (135M Q4_K_M, 2 AVX2 cores, 64 + 32 tokens: 96.8 tok/s in 96 cells, ~93 in 256, 74 in
+        2048), so `bench` sizes its context exactly, as llama-bench does."""
+        per_seq = -(-tokens_per_sequence // pad) * pad
         cparams = type(llm.context_params).from_buffer_copy(llm.context_params)
         cparams.n_seq_max = slots
         cparams.n_ctx = per_seq * slots
@@ -280,7 +284,8 @@ def main(settings: dict) -> None:
         decode phase (the remaining tokens), which is what llama-bench's tg measures, and the first
         sequence's tokens (a check that the loop decodes what `generate` decodes)."""
         n_seq = len(prompts)
-        ctx, batch, mem, n_batch = open_context(n_seq, max(len(p) for p in prompts) + max_tokens)
+        cells = max(len(p) for p in prompts) + max_tokens
+        ctx, batch, mem, n_batch = open_context(n_seq, cells, pad=1)
         smpl = llama_cpp.llama_sampler_init_greedy()
 
         def decode_greedy(items: list[tuple[int, int, int, bool]]) -> list[int]:
@@ -312,7 +317,8 @@ def main(settings: dict) -> None:
             llama_cpp.llama_sampler_free(smpl)
             close_context(ctx, batch)
         return {"runs": runs, "sequences": n_seq,
-                "method": f"llama.cpp C API: {n_seq} sequence(s) in one batch, greedy in C"}
+                "method": f"llama.cpp C API: {n_seq} sequence(s) in one batch, greedy in C, "
+                          f"{cells} KV cells per sequence (prompt + output, as llama-bench)"}
 
     def memory() -> dict:
         import psutil
