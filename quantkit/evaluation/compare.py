@@ -47,8 +47,9 @@ from quantkit.evaluation.stages import StageClock
 from quantkit.execution.local import LocalExecutor
 from quantkit.results.store import Figure, Store, measurement_key
 
-# one OpenAI server at a time on the driver's machine: executors that place workers on cluster
-# nodes still run servers here (places_servers False), and two sweeps at once would share its cores
+# one OpenAI server at a time on the driver's machine: every executor runs servers (groups that need
+# a server, or start their own) here, also one that places workers on cluster nodes, and two
+# sweeps at once would share its cores
 _DRIVER_SERVER = threading.Lock()
 STAGES_GROUP = "stages"  # the figures holding each run's stage times (seconds), one measurement per model and run
 
@@ -362,7 +363,7 @@ def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: I
             todo = [g for g in pending if g.needs == needs]
             if not todo:
                 continue
-            on_driver = needs in ("server", "own") and not getattr(executor, "places_servers", False)
+            on_driver = needs in ("server", "own")
             try:
                 with _DRIVER_SERVER if on_driver else contextlib.nullcontext():
                     board.update(name, group=f"start {needs}", state="starting", node="driver" if on_driver else "-")

@@ -17,7 +17,6 @@ from quantkit.loader import Target
 class LocalExecutor:
     # one model at a time: its speed figures are this machine's alone
     parallel_models = 1
-    places_servers = False
 
     def __init__(self, log_dir: Path | None = None):
         self.log_dir = log_dir or paths.cache_dir() / "logs"

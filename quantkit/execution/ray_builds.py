@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantkit.errors import QuantkitError
-from quantkit.execution.ray_executor import RayExecutor
+from quantkit.execution.ray_executor import RayExecutor, take_niceness
 
 GPU_METHODS = {"gptq", "awq", "fp8", "int8"}  # llm-compressor builders: calibrate on a GPU when there is one
 
@@ -46,16 +46,10 @@ class BuildOutcome:
 
 def _build_on_node(recipe_file: str, overrides: list[str], force: bool, nice: int | None = None) -> dict:
     """Runs on the node: the same build `quantkit build` runs, its console discarded (the driver
-    reports the outcome). Ray starts its workers at niceness 15; the build takes the driver's back
-    where allowed, as the Ray executor's workers do, so that it is not slower than a local build."""
+    reports the outcome), at the driver's niceness where allowed (take_niceness)."""
     import io
-    import os
 
-    if nice is not None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-        except OSError:
-            pass
+    take_niceness(nice)
 
     from quantkit import builders, sources
     from quantkit.recipes import load_recipe

@@ -126,6 +126,19 @@ def _error_answer(e: BaseException) -> dict:
     return {"ok": False, "cls": "EngineError", "message": f"{type(e).__name__}: {e}", "hint": None}
 
 
+def take_niceness(nice: int | None) -> str | None:
+    """Ray starts its workers at niceness 15 (its worker_niceness), which an engine or a build would
+    inherit: on a busy node it would run slower than under the local executor. Take the driver's
+    niceness back where allowed (root, or CAP_SYS_NICE); returns why not, if it could not."""
+    if nice is None:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 class _WorkerActor:
     """One engine worker on a node: the local executor's WorkerClient, run where the actor runs."""
 
@@ -135,15 +148,7 @@ class _WorkerActor:
         if run_id:  # engine processes on the node carry the driver's run marker (see procs.run_id)
             os.environ[RUN_ID_VAR] = run_id
         self.client: Any = None
-        # Ray starts its workers at niceness 15 (its worker_niceness), which the engine would inherit:
-        # on a busy node it would run slower than under the local executor. Take the driver's
-        # niceness back where allowed (root, or CAP_SYS_NICE); `where` reports what the engine got.
-        self.nice_error = None
-        if nice is not None:
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, nice)
-            except OSError as e:
-                self.nice_error = f"{type(e).__name__}: {e}"
+        self.nice_error = take_niceness(nice)  # `where` reports what the engine got
 
     def where(self) -> dict:
         import ray
@@ -325,9 +330,6 @@ class RayExecutor:
         self._owns_ray = False
         self._actor_cls: Any = None
         self.placements: list[tuple[str, str, str]] = []  # (model, engine, node) of each worker started
-
-    # the engine's OpenAI server (groups needing `server`) runs on the driver's machine, not a node
-    places_servers = False
 
     @property
     def parallel_models(self) -> int:

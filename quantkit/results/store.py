@@ -75,9 +75,9 @@ class Figure:
 ParamsKey = tuple[tuple[str, Any], ...]
 
 
-def params_key(params: dict[str, Any] | ParamsKey) -> ParamsKey:
+def params_key(params: dict[str, Any]) -> ParamsKey:
     """Parameters as a hashable, order-free key."""
-    return tuple(sorted(dict(params).items()))
+    return tuple(sorted(params.items()))
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,6 @@ class Quantity:
     group: str
     metric: str
     params: ParamsKey = ()
-
-    def param(self, name: str, default: Any = None) -> Any:
-        return dict(self.params).get(name, default)
 
     def __str__(self) -> str:
         return self.metric + (f"[{', '.join(f'{k}={v}' for k, v in self.params)}]" if self.params else "")
