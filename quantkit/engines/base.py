@@ -62,6 +62,10 @@ class Engine(ABC):
     # engine cannot run the reference itself; None: the reference is its baseline.
     baseline_recipe: ClassVar[str | None] = None
     sampler_order: ClassVar[str] = ""  # how its samplers chain top-p and temperature, in words
+    # Whether the worker can put the engine's own OpenAI server in front of its engine (op
+    # `serve_http`): compare then starts one engine process per model for the offline groups and
+    # the serving sweep. False: the server is started apart (`server_command`).
+    serves_from_worker: ClassVar[bool] = False
 
     @property
     def display_name(self) -> str:

@@ -38,6 +38,7 @@ from quantkit.evaluation.groups.run import (
     CompareConfig,
     Inputs,
     Run,
+    WorkerServed,
     digest,
     failure,
 )
@@ -133,13 +134,26 @@ def plan(names: list[str], all_: bool) -> list[tuple[str, list[str]]]:
     return sorted(members_of.items(), key=lambda kv: kv[0] != "reference") or [("reference", [])]
 
 
+def processes(pending: list[Group], engine: Any) -> list[tuple[str, list[Group], bool]]:
+    """The engine processes one model needs, in order, as (what it is, its groups, whether its worker
+    also serves HTTP). An engine whose worker serves its OpenAI server (vLLM) gets one process for the
+    server and worker groups, the serving sweep first; otherwise each `needs` gets its own."""
+    by_needs = {needs: [g for g in pending if g.needs == needs] for needs in groups.NEEDS}
+    if engine.serves_from_worker and by_needs["server"]:
+        by_needs["worker"] = by_needs.pop("server") + by_needs["worker"]
+        return [(n, todo, n == "worker") for n, todo in by_needs.items() if todo]
+    return [(n, todo, False) for n, todo in by_needs.items() if todo]
+
+
 @contextlib.contextmanager
-def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, console: Console):
-    """Start the engine process `needs` names for `run` (its OpenAI server or its worker), timed as
-    a "start" stage, and stop it on exit; `run.history` restarts with the process."""
+def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, console: Console, serve: bool = False):
+    """Start the engine process `needs` names for `run` (its OpenAI server or its worker; with
+    `serve`, a worker that also serves the OpenAI server), timed as a "start" stage, and stop it on
+    exit; `run.history` restarts with the process."""
     from quantkit.server import EngineServer
 
-    labels = {"model": run.target.name, "engine": run.target.engine.name, "what": needs}
+    what = "worker+server" if serve else needs
+    labels = {"model": run.target.name, "engine": run.target.engine.name, "what": what}
     run.history = []
     if needs == "own":  # the group starts its own processes (and times them in its figures)
         try:
@@ -157,7 +171,11 @@ def _engine_process(run: Run, needs: str, executor: Any, clock: StageClock, cons
                 load = run.worker.call("info").get("load_seconds")  # the first answer comes once the model is loaded
                 if load is not None:
                     row["load_s"] = round(float(load), 1)
-        console.print(f"  {needs} started in {row['seconds']:.0f} s")
+                if serve:  # on the worker's node: its own address there (a Ray node's IP), else loopback
+                    host = str(getattr(run.worker, "ip", None) or "127.0.0.1")
+                    served = run.worker.call("serve_http", host=host, served_name=run.target.name)
+                    run.server = WorkerServed(served["url"], served["model"])
+        console.print(f"  {what} started in {row['seconds']:.0f} s")
         try:
             yield
         finally:
@@ -359,19 +377,18 @@ def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: I
         console.print(f"{name}: every figure already measured (use --force to re-measure)")
     else:
         console.print(f"[bold]{name}[/] on {target.engine.name}: {', '.join(g.name for g in pending)}")
-        for needs in groups.NEEDS:
-            todo = [g for g in pending if g.needs == needs]
-            if not todo:
-                continue
-            on_driver = needs in ("server", "own")
+        for needs, todo, serve in processes(pending, target.engine):
+            on_driver = needs in ("server", "own")  # processes compare starts on the driver: one at a time
             try:
                 with _DRIVER_SERVER if on_driver else contextlib.nullcontext():
                     board.update(name, group=f"start {needs}", state="starting", node="driver" if on_driver else "-")
-                    with _engine_process(run, needs, executor, clock, console):
+                    with _engine_process(run, needs, executor, clock, console, serve):
                         board.update(name, node="driver" if on_driver else run.node)
                         store_stages()
                         for g in todo:
-                            _run_group(store, run, g, digest(conds[g.name]), console, clock, board)
+                            # serving sweeps never overlap, wherever their server runs (latency figures)
+                            with _DRIVER_SERVER if g.needs == "server" and not on_driver else contextlib.nullcontext():
+                                _run_group(store, run, g, digest(conds[g.name]), console, clock, board)
                             store_stages()
             except QuantkitError as e:
                 failed = True

@@ -6,12 +6,15 @@
   tokens/s after INPUT tokens of context) against the decode phase of quantkit's worker benchmark
   (one sequence), and `llama-bench -pg INPUT,OUTPUT-1` (a prompt, then the decodes that make the
   remaining tokens) against the worker's offline figure for one sequence, at the context compare uses;
+  both measured in `--pairs` interleaved pairs (tool then worker, then worker then tool, ...), each
+  check judged on the median of the per-pair ratios (this VM's speed drifts by up to 30% a minute);
   then, against one running llama-server, `vllm bench serve` (vLLM's serving client, backend
   "openai") against quantkit's serving sweep at concurrency 1.
-- vLLM variants: `vllm bench throughput` (random prompts of the same lengths, same batch) output
-  tokens/s against quantkit's offline benchmark (worker `bench`); then, against one running vLLM
-  OpenAI server, `vllm bench serve` against quantkit's serving sweep at concurrency 1 and 4
-  (median inter-token latency and output tokens/s, the same number of requests).
+- vLLM variants: `vllm bench throughput --async-engine` (random prompts of the same lengths, same
+  batch) output tokens/s against quantkit's offline benchmark (worker `bench`, on the same AsyncLLM
+  client); then, against the OpenAI server the worker serves from that engine (as compare measures
+  it), `vllm bench serve` against quantkit's serving sweep at concurrency 1 and 4 (median
+  inter-token latency and output tokens/s, the same number of requests).
 Prints both figures, their ratio and whether it is within the stated tolerance (see the
 *_TOLERANCE constants). Exit code 1 when a ratio falls outside it. llama-bench gets the target's
 own settings (threads, -ngl, -fa, -b, -ctk/-ctv).
@@ -28,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from quantkit import loader
-from quantkit.engines.vllm.engine import cli_flags
+from quantkit.engines.vllm.flags import cli_flags
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.evaluation.compare import CompareConfig, engine_settings, prepare_inputs
@@ -105,7 +108,7 @@ def vllm_bench(model: Path, n_in: int, n_out: int, batch: int, settings: dict) -
         result = Path(tmp) / "out.json"
         cmd = [str(python_for("vllm")), "-c", _VLLM_CLI, "bench", "throughput", "--model", str(model),
                "--dataset-name", "random", "--random-input-len", str(n_in), "--random-output-len", str(n_out),
-               "--num-prompts", str(batch), "--output-json", str(result)]
+               "--num-prompts", str(batch), "--output-json", str(result), "--async-engine"]
         cmd += cli_flags(settings)
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=runtime_env("vllm"))
         found = re.findall(r"([\d.]+) output tokens/s", proc.stdout + proc.stderr)
@@ -132,21 +135,32 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, n_in: int, n_out: in
         return json.loads(result.read_text())
 
 
-def serving_rows(target, inputs, args: argparse.Namespace, levels: tuple[int, ...]) -> tuple[list[tuple], list[dict]]:
-    """On one running server of `target`: quantkit's sweep, then `vllm bench serve` with the same
-    number of requests per level; rows comparing median ITL and output tok/s, and our levels."""
+def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
+                 levels: tuple[int, ...]) -> tuple[list[tuple], list[dict]]:
+    """On one running server: quantkit's sweep, then `vllm bench serve` with the same number of
+    requests per level; rows comparing median ITL and output tok/s, and our levels."""
     rows = []
-    with EngineServer(target) as server:
-        ours = sweep(server.url, server.model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
-        for lv in ours:
-            c = lv["concurrency"]
-            v = vllm_bench_serve(server.url, server.model_name, inputs.reference_dir, args.input, args.output, c,
-                                 lv["requests"] * lv["repeats"])
-            rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
-                      lv["itl_median_s"] * 1e3, ITL_TOLERANCE),
-                     (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
-                      lv["output_tokens_per_s"], TOLERANCE)]
+    ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+    for lv in ours:
+        c = lv["concurrency"]
+        v = vllm_bench_serve(url, model_name, inputs.reference_dir, args.input, args.output, c,
+                             lv["requests"] * lv["repeats"])
+        rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
+                  lv["itl_median_s"] * 1e3, ITL_TOLERANCE),
+                 (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
+                  lv["output_tokens_per_s"], TOLERANCE)]
     return rows, ours
+
+
+def paired(pairs: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
+    """Interleaved (tool, quantkit) pairs: (median tool figure, median quantkit figure, median of the
+    per-pair ratios quantkit/tool, the ratios). On a machine whose speed drifts from one minute to the
+    next, a pair measured back to back shares the drift; the median of the ratios is the estimate."""
+    import statistics
+
+    ratios = [ours / tool for tool, ours in pairs]
+    return (statistics.median(t for t, _ in pairs), statistics.median(o for _, o in pairs),
+            statistics.median(ratios), ratios)
 
 
 def _inputs(args: argparse.Namespace, levels: tuple[int, ...]):
@@ -162,24 +176,45 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
     # the context compare gives every GGUF variant
     target = loader.load(args.variant, settings={**engine_settings(args.variant, cfg, None), "n_threads": threads})
     flags = llama_bench_flags(target.settings.model_dump(), threads)
-    tg, tg_sd = llama_bench(target.model_path, args.input, args.output, flags)
-    pg = llama_bench_pg_output_rate(target.model_path, args.input, args.output, flags)
+    tg_pairs, pg_pairs, tg_sds = [], [], []
     with LocalExecutor().start(target, label="crosscheck") as w:
-        runs = w.call("bench", prompts=inputs.bench_prompts[:1], max_tokens=args.output, repeats=args.repeats)["runs"]
-    decode = median_spread([r["decode_tokens"] / r["decode_seconds"] for r in runs])[0]
-    offline = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
-    rows = [(f"llama-bench tg @ depth {args.input} (±{tg_sd:.1f})", tg, "quantkit worker decode tok/s", decode,
-             ENGINE_TOLERANCE),
+        for i in range(args.pairs):  # A/B, then B/A: neither side always runs first
+            def tool() -> tuple[float, float]:
+                tg, sd = llama_bench(target.model_path, args.input, args.output, flags)
+                tg_sds.append(sd)
+                return tg, llama_bench_pg_output_rate(target.model_path, args.input, args.output, flags)
+
+            def ours() -> tuple[float, float]:
+                runs = w.call("bench", prompts=inputs.bench_prompts[:1], max_tokens=args.output,
+                              repeats=args.repeats)["runs"]
+                return (median_spread([r["decode_tokens"] / r["decode_seconds"] for r in runs])[0],
+                        median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0])
+
+            if i % 2 == 0:
+                (tg, pg), (decode, offline) = tool(), ours()
+            else:
+                (decode, offline), (tg, pg) = ours(), tool()
+            tg_pairs.append((tg, decode))
+            pg_pairs.append((pg, offline))
+    tg, decode, tg_ratio, tg_ratios = paired(tg_pairs)
+    pg, offline, pg_ratio, pg_ratios = paired(pg_pairs)
+    each = ", ".join
+    rows = [(f"llama-bench tg @ depth {args.input} (±{max(tg_sds):.1f})", tg, "quantkit worker decode tok/s", decode,
+             ENGINE_TOLERANCE, tg_ratio, f"pairs: {each(f'{r:.3f}' for r in tg_ratios)}"),
             # the worker's offline figure for one sequence: prefill + decode
             (f"llama-bench pg {args.input},{args.output - 1} output tok/s", pg, "quantkit offline tok/s (1 seq.)",
-             offline, ENGINE_TOLERANCE)]
-    served, [lv] = serving_rows(target, inputs, args, levels)
+             offline, ENGINE_TOLERANCE, pg_ratio, f"pairs: {each(f'{r:.3f}' for r in pg_ratios)}")]
+    with EngineServer(target) as server:
+        served, [lv] = serving_rows(server.url, server.model_name, inputs, args, levels)
     # informational: llama-server adds HTTP streaming and its own scheduling to each token
     return rows + served + [(f"llama-bench tg @ depth {args.input}", tg, "quantkit via llama-server: 1/ITL",
                              1 / lv["itl_median_s"], None)]
 
 
 def vllm_rows(args: argparse.Namespace) -> list[tuple]:
+    """The worker's offline bench against `vllm bench throughput --async-engine` (the worker drives
+    vLLM's AsyncLLM, the OpenAI server's engine client, so both use the same client), then the
+    serving comparisons against the server the worker puts in front of the same engine, as compare does."""
     levels = (1, 4)
     cfg, inputs = _inputs(args, levels)
     target = loader.load(args.variant, settings=engine_settings(args.variant, cfg, None))
@@ -188,9 +223,11 @@ def vllm_rows(args: argparse.Namespace) -> list[tuple]:
     theirs = vllm_bench(target.model_path, args.input, args.output, args.batch, vsettings)
     with LocalExecutor().start(target, label="crosscheck") as w:
         runs = w.call("bench", prompts=inputs.bench_prompts, max_tokens=args.output, repeats=args.repeats)["runs"]
+        served_by = w.call("serve_http", served_name=target.name)
+        served, _ = serving_rows(served_by["url"], served_by["model"], inputs, args, levels)
     ours = median_spread([r["output_tokens"] / r["seconds"] for r in runs])[0]
-    served, _ = serving_rows(target, inputs, args, levels)
-    return [("vllm bench throughput (output tok/s)", theirs, "quantkit offline bench", ours, TOLERANCE)] + served
+    return [("vllm bench throughput --async-engine (output tok/s)", theirs, "quantkit offline bench", ours,
+             TOLERANCE)] + served
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,17 +237,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=5,
+                    help="llama.cpp: interleaved llama-bench / worker pairs; the check uses the median ratio")
     args = ap.parse_args(argv)
     threads = detect().cpu_cores
     rows = gguf_rows(args, threads) if loader.locate(args.variant)[2] == "gguf" else vllm_rows(args)
     ok = True
     print(f"{'engine tool':40} {'value':>9}   {'quantkit':45} {'value':>9}  ratio")
-    for name, a, ours_name, b, tolerance in rows:
-        ratio = b / a
+    for name, a, ours_name, b, tolerance, *paired_ratio in rows:
+        ratio = paired_ratio[0] if paired_ratio else b / a  # interleaved pairs: the median of their ratios
         within = tolerance is None or abs(ratio - 1) <= tolerance
         ok &= within
         verdict = "(not checked)" if tolerance is None else "ok" if within else f"OUTSIDE ±{tolerance:.0%}"
-        print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.2f} {verdict}")
+        print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.3f} {verdict}"
+              + (f"  ({paired_ratio[1]})" if len(paired_ratio) > 1 else ""))
     print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, repeats {args.repeats}, "
           f"threads {threads}, {detect().describe()}; prompts: distinct lambada slices (quantkit), random tokens "
           f"(vLLM's tools), none (llama-bench tg)")

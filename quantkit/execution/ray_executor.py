@@ -219,6 +219,7 @@ class RayWorker:
     def __init__(self, actor: Any, where: dict, target_name: str, engine: str, local_log: Path):
         self._actor, self.where, self.target_name, self.engine = actor, where, target_name, engine
         self.node = f"{where.get('host')} ({where.get('ip')}, node {str(where.get('node_id'))[:12]})"
+        self.ip = str(where.get('ip') or '127.0.0.1')  # the node's address: where its worker serves HTTP
         self._local_log = local_log
         self._lost: str | None = None  # why the actor is gone, once it is
         self.remote_log_path: str | None = None

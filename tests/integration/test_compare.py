@@ -29,6 +29,9 @@ def gguf_variants(reference):
     return list(VARIANTS.values())
 
 
+STARTED: dict[str, float] = {}  # when finished_db's first compare began (engine logs after it are its own)
+
+
 def _compare(db, names, extra=()):
     return subprocess.Popen([sys.executable, "-m", "quantkit.cli", "compare", *names, "--quick", "--db", str(db),
                              "--tasks", "arc_easy", "--limit", "8", *extra],
@@ -46,6 +49,7 @@ def _ok_rows(db) -> list[tuple]:
 def finished_db(gguf_variants, tmp_path_factory):
     """A compare killed halfway (SIGKILL, whole process group), then run again to completion."""
     db = tmp_path_factory.mktemp("results") / "r.sqlite"
+    STARTED["at"] = time.time() - 1  # log names carry whole seconds
     proc = _compare(db, gguf_variants)
     deadline = time.time() + 900
     while time.time() < deadline and len({r[1] for r in _ok_rows(db)}) < 2:
@@ -85,17 +89,19 @@ def test_stage_times_and_what_ran_before_each_figure_are_stored(finished_db):
     for name in ["reference", *VARIANTS.values()]:
         assert any(v == name and m.startswith("group:") for v, m in stages), (name, sorted(stages))
     assert all(f.value > 0 and f.unit == "s" for f in stages.values())
+    # llama.cpp: its worker and llama-server; vLLM (the reference): one process, its worker serving HTTP
     assert any(m == "start:worker" for _, m in stages) and any(m == "start:server" for _, m in stages)
-    assert "compare: stage times" in out and "worker started in" in out
+    assert {m for v, m in stages if v == "reference" and m.startswith("start:")} == {"start:worker+server"}
+    assert "compare: stage times" in out and "started in" in out
     for f in figs:
         if f.status != "ok" or f.group == "stages":
             continue
         assert isinstance(f.conditions.get("ran_before"), list), (f.variant, f.group, f.metric)
-        if f.group == "memory":  # the worker's groups before it, never the server's
-            assert f.conditions["ran_before"] == f.conditions["peak_after_groups"] and \
-                "serving" not in f.conditions["ran_before"]
+        if f.group == "memory":  # the groups of its own engine process before it
+            assert f.conditions["ran_before"] == f.conditions["peak_after_groups"]
+            assert ("serving" in f.conditions["ran_before"]) == (f.engine == "vllm"), (f.variant, f.conditions)
         if f.group == "serving":
-            assert f.conditions["ran_before"] == []  # its own server process
+            assert f.conditions["ran_before"] == []  # first in its engine process
     roof = [f for f in figs if f.group == "roofline"]
     assert roof, "no roofline figures"
     for f in roof:
@@ -104,6 +110,26 @@ def test_stage_times_and_what_ran_before_each_figure_are_stored(finished_db):
             assert f.metric != "fraction_of_bound" or 0 < f.value <= 1
         else:
             assert f.reason, f
+
+
+def test_one_vllm_engine_start_per_model_from_the_engine_logs(finished_db):
+    """Issue 13 item 2: the reference on vLLM is measured (serving sweep included) by one engine
+    process, started once per compare run: each of its worker logs shows one engine initialisation
+    and vLLM's OpenAI app starting in it, and no separate vLLM server was started."""
+    db, _, out = finished_db
+    logs = [p for p in (paths.cache_dir() / "logs").glob("*-vllm-reference-compare.log")
+            if p.stat().st_mtime >= STARTED["at"]]
+    assert logs, "no vLLM worker log of this test's compare runs"
+    served = 0
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert text.count("Initializing a V1 LLM engine") == 1, log
+        served += text.count("Application startup complete")
+    assert served >= 1, "vLLM's OpenAI app never started inside the worker"
+    assert not [p for p in (paths.cache_dir() / "logs").glob("*-serve-vllm-reference-*.log")
+                if p.stat().st_mtime >= STARTED["at"]], "a separate vLLM server was started"
+    serving = [f for f in Store(db).figures() if f.variant == "reference" and f.group == "serving" and f.status == "ok"]
+    assert serving and all("served by quantkit's worker" in f.conditions["server"] for f in serving)
 
 
 def test_kl_divergence_orders_as_bits_per_weight_and_reference_is_zero(finished_db):

