@@ -139,7 +139,7 @@ def processes(pending: list[Group], engine: Any) -> list[tuple[str, list[Group],
     also serves HTTP). An engine whose worker serves its OpenAI server (vLLM) gets one process for the
     server and worker groups, the serving sweep first; otherwise each `needs` gets its own."""
     by_needs = {needs: [g for g in pending if g.needs == needs] for needs in groups.NEEDS}
-    if engine.serves_from_worker and by_needs["server"]:
+    if getattr(engine, "serves_from_worker", False) and by_needs["server"]:
         by_needs["worker"] = by_needs.pop("server") + by_needs["worker"]
         return [(n, todo, n == "worker") for n, todo in by_needs.items() if todo]
     return [(n, todo, False) for n, todo in by_needs.items() if todo]

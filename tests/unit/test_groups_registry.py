@@ -267,3 +267,43 @@ def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on
     stages = {f.metric: f.conditions["outcome"] for f in store.figures() if f.group == compare.STAGES_GROUP}
     assert stages == {"start:server": "failed", "start:worker": "ok", "group:dummy": "ok"}
     assert "engine failed" in out
+
+
+def test_an_engine_whose_worker_serves_starts_one_process_for_server_and_worker_groups(dummy_groups, fake_models,
+                                                                                        monkeypatch):
+    """Issue 13 item 2: with `Engine.serves_from_worker` (vLLM), compare starts the worker once, asks it
+    to serve HTTP, runs the serving groups first against that URL, then the worker's groups; no
+    separate server is started, and the stage is `start:worker+server`."""
+    from quantkit import server
+
+    class NoServer:
+        def __init__(self, target):
+            raise AssertionError("a separate server was started")
+
+    class ServingWorker(FakeWorker):
+        def call(self, op, **args):
+            if op == "serve_http":
+                self.calls.append(op)
+                assert args == {"host": "127.0.0.1", "served_name": "reference"}
+                return {"url": "http://127.0.0.1:1234/v1", "model": "reference"}
+            return super().call(op, **args)
+
+    class ServingExecutor(FakeExecutor):
+        def start(self, target, label="run"):
+            return ServingWorker(self.starts)
+
+    monkeypatch.setattr(server, "EngineServer", NoServer)
+    monkeypatch.setattr(loader.load("reference").engine, "serves_from_worker", True, raising=False)
+    groups.register("dummy_server", ServerDummy)
+    try:
+        executor = ServingExecutor()
+        store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
+    finally:
+        groups.unregister("dummy_server")
+    figs = {(f.group, f.metric): f for f in store.figures()}
+    assert len(executor.starts) == 1 and executor.starts[0].calls[:2] == ["info", "serve_http"]
+    assert figs[("dummy_server", "url")].text == "http://127.0.0.1:1234/v1"
+    assert figs[("dummy_server", "url")].conditions["ran_before"] == []
+    assert figs[("dummy", "answer")].conditions["ran_before"] == ["dummy_server"]
+    stages = {f.metric for f in store.figures() if f.group == compare.STAGES_GROUP}
+    assert stages == {"start:worker+server", "group:dummy_server", "group:dummy"}
