@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.quantkit-installed
 .PHONY: install setup browser lint demo test test-slow unit doctor crosscheck clean
 
 $(STAMP): pyproject.toml
+	@date +%s > .install-started
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --progress-bar off -q --upgrade pip
 	$(BIN)/pip install --progress-bar off -e '.[test,ray]'
+	@echo $$(( $$(date +%s) - $$(cat .install-started) )) > $(VENV)/.install-seconds; rm -f .install-started
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,16 +23,13 @@ setup: install
 doctor: install
 	$(BIN)/quantkit doctor
 
-# The main job on the embedded default model, end to end: build every SmolLM2 recipe, compare
-# them with the reference, and write the leaderboard (results/leaderboard.md) and plots.
-DEMO_RECIPES := $(wildcard recipes/smollm2_*.yaml)
-
-demo: setup
-	$(BIN)/quantkit doctor --fast
-	@for r in $(DEMO_RECIPES); do $(BIN)/quantkit build $$r || exit 1; done
-	$(BIN)/quantkit list
-	$(BIN)/quantkit compare --all --quick --tasks arc_easy,gsm8k --limit 20
-	$(BIN)/quantkit leaderboard --format md --out results/leaderboard.md --plots results/plots
+# The main job on the embedded default model, end to end: set up, build every SmolLM2 recipe,
+# compare them with the reference, and write the leaderboard (results/leaderboard.md) and plots.
+# quantkit.benchmarks.demo runs each step through the quantkit CLI and ends with the table of
+# stage times (setup, each build, each model's engine start and groups), beside the targets.
+demo: install
+	$(BIN)/python -m quantkit.benchmarks.demo --install-seconds-file $(VENV)/.install-seconds \
+	  --json results/demo-stages.json
 	@cat results/leaderboard.md
 
 # Headless Chromium from Debian's packages, for the HTML leaderboard's browser test (installed only
