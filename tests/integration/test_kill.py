@@ -313,7 +313,8 @@ def compare_db(tmp_path_factory):
 
 
 def test_compare_killed_while_vllm_measures_the_reference(q8_variant, compare_db, tmp_path, record_property):
-    """The reference is measured on vLLM first (its server for the serving sweep, then its worker)."""
+    """The reference is measured on vLLM first (one worker: the serving sweep through the server it
+    serves, then the offline groups)."""
     rng = _rng("compare-vllm")
     run = Run(["compare", q8_variant, *COMPARE, "--db", str(compare_db)], tmp_path)
     up = _engine_up(run, "vllm", helpers=VLLM_HELPERS)

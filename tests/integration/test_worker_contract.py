@@ -92,3 +92,26 @@ def test_memory(cc, started):
 def test_unknown_op(cc, started):
     _, worker = started
     cc.check_unknown_op_is_an_error_and_the_worker_survives(worker)
+
+
+def test_vllm_worker_serves_http_and_lm_eval_scores_it_as_quantkit_does(started, reference):
+    """Issue 13: the vLLM worker serves vLLM's OpenAI app from its own engine (one start per model),
+    and lm-eval's own `local-completions` backend over that server reaches the same ARC-Easy answers,
+    document by document, as quantkit's tasks path over the worker (lmeval_crosscheck)."""
+    target, worker = started
+    if target.engine.name != "vllm":
+        pytest.skip("llama-server returns no prompt log-probs: lm-eval's completions backend cannot score it "
+                    "(the llama.cpp worker does not serve HTTP; compare starts llama-server apart)")
+    from quantkit.evaluation.lmeval_crosscheck import compare_rows, lm_eval_over_server
+    from quantkit.evaluation.scorer import WorkerScorer
+    from quantkit.evaluation.tasks import run_tasks
+
+    served = worker.call("serve_http", served_name="reference")
+    assert served == worker.call("serve_http", served_name="reference")  # one server, asked twice
+    ours = run_tasks(WorkerScorer(worker, Path(reference.location)), ["arc_easy"], limit=10)
+    theirs = lm_eval_over_server(served["url"], served["model"], ["arc_easy"], 10)
+    rows = compare_rows(ours, theirs)
+    assert {r["metric"] for r in rows} >= {"acc", "acc_norm"}, rows
+    for r in rows:
+        assert r["n"] == r["n_lm_eval"] == 10 and not r["docs_differing"], r
+        assert r["quantkit"] == r["lm_eval"], r
