@@ -255,6 +255,9 @@ class _Ops:
 
         args = self.args
         args.served_model_name, args.host = [served_name], host
+        # GET /tokenizer_info (vLLM's switch, off by default): lm-eval's remote tokenizer reads it
+        # (evaluation/lmeval_crosscheck.py); a route more, nothing else changes in the app
+        args.enable_tokenizer_info_endpoint = True
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, 0))
