@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=5,
+    ap.add_argument("--pairs", type=int, default=9,
                     help="llama.cpp: interleaved llama-bench / worker pairs; the check uses the median ratio")
     args = ap.parse_args(argv)
     threads = detect().cpu_cores
