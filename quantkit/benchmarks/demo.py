@@ -12,7 +12,9 @@ results database). A build that reused a finished variant and a compare that fou
 stored are labelled so: their seconds are not a fresh machine's.
 
 Targets (issue 13), printed beside the figures they judge (a benchmark, not a timed test):
-- the compare step over the 15 SmolLM2 models under 15 minutes on 2 cores;
+- the compare step over the 15 SmolLM2 models under 15 minutes on 2 cores (the issue states it for
+  `compare --all --quick`, which runs no tasks; the demo adds 20 ARC-Easy and 20 GSM8K per model, so
+  the table also prints the compare's seconds without the tasks group beside that target);
 - the whole demo (install + setup + builds + compare + leaderboard) under 45 minutes on a fresh machine.
 """
 
@@ -92,12 +94,21 @@ def table(steps: list[dict], inner: list[dict], install_s: float | None) -> Tabl
         target = TARGETS.get(s["stage"])
         verdict = "" if target is None else f"< {target:.0f} " + ("ok" if s["seconds"] < target else "MISSED")
         t.add_row(s["stage"], "", "", f"{s['seconds']:.0f}", verdict, s["note"] or s["status"])
-        if s["stage"] == "compare":
+        if s["stage"] == "compare" and inner:
+            no_tasks = s["seconds"] - sum(r["seconds"] for r in inner if r["what"] == "group:tasks")
+            t.add_row("  compare without tasks", "", "", f"{no_tasks:.0f}",
+                      f"< {TARGETS['compare']:.0f} " + ("ok" if no_tasks < TARGETS["compare"] else "MISSED"),
+                      "the issue's `compare --all --quick` (estimated: the tasks group's seconds taken out)")
             for r in inner:
                 t.add_row(f"  {r['what']}", r["model"], r["engine"], f"{r['seconds']:.0f}", "",
                           "" if r["outcome"] == "ok" else r["outcome"])
+    fresh = install_s is not None and any(s["stage"] == "setup" for s in steps) and not any(s["note"] for s in steps)
     verdict = f"< {TARGETS['demo']:.0f} " + ("ok" if total < TARGETS["demo"] else "MISSED")
-    t.add_row("total", "", "", f"{total:.0f}", verdict, "" if install_s is not None else "without the install step")
+    why_not = [w for w, missing in (("no install step", install_s is None),
+                                    ("setup skipped", not any(s["stage"] == "setup" for s in steps)),
+                                    ("builds or figures reused", any(s["note"] for s in steps))) if missing]
+    t.add_row("total", "", "", f"{total:.0f}", verdict if fresh else "(not judged)",
+              "" if fresh else "not a fresh machine's demo: " + ", ".join(why_not))
     return t
 
 
@@ -108,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the stage rows and conditions to this file")
     ap.add_argument("--install-seconds-file", default=None, help="the install step's seconds, as make wrote them")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)  # a log file gets the whole table
     db = Path(args.db) if args.db else paths.results_db()
     steps: list[dict] = []
     if not args.skip_setup:
