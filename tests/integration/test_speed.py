@@ -65,11 +65,11 @@ def test_llamacpp_bench_decodes_what_generate_decodes_in_batched_sequences(fast)
 
 
 @pytest.mark.slow  # two extra vLLM starts (minutes each on 2 cores)
-def test_second_vllm_start_of_a_model_loads_its_compiled_graph(fast):
+def test_second_vllm_start_of_a_model_loads_its_compiled_graph(reference):
     """The compile cache loads (issue 13 item 4): the second start's log shows inductor cache hits
-    and neither a compile nor vLLM's AOT load failure."""
-    hf, _ = fast
-    target = loader.load(str(hf), settings={"max_model_len": 512})
+    and neither a compile nor vLLM's AOT load failure. (The reference: the loader takes variants,
+    references and GGUF files, not a bare HF folder such as the fast model's.)"""
+    target = loader.load("reference", settings={"max_model_len": 512, "gpu_memory_utilization": 0.15})
     logs = []
     for i in range(2):
         with LocalExecutor().start(target, label=f"compile-cache-{i}") as w:
