@@ -126,6 +126,18 @@ class InfoAnswer(TypedDict):
     add_bos: NotRequired[bool]
     bos: NotRequired[int]
     topk_hook: NotRequired[dict]
+    engine_client: NotRequired[str]  # what drives the engine (vLLM: its OpenAI server's AsyncLLM)
+    serving: NotRequired[str | None]  # the URL `serve_http` serves on, once it does
+
+
+class ServeHttpArgs(TypedDict):
+    host: NotRequired[str]  # the address to bind (a free port is chosen); default loopback
+    served_name: NotRequired[str]  # the model name requests carry
+
+
+class ServeHttpAnswer(TypedDict):
+    url: str  # "http://HOST:PORT/v1": the engine's own OpenAI server, in front of this worker's engine
+    model: str
 
 
 # op -> (arguments, answer)
@@ -136,8 +148,10 @@ OPS: dict[str, tuple[Any, Any]] = {
     "bench": (BenchArgs, BenchAnswer),
     "memory": (NoArgs, MemoryAnswer),
     "info": (NoArgs, InfoAnswer),
+    # optional: only workers of engines with `Engine.serves_from_worker` (vLLM) answer it
+    "serve_http": (ServeHttpArgs, ServeHttpAnswer),
 }
-REQUIRED_OPS = tuple(OPS)
+REQUIRED_OPS = tuple(op for op in OPS if op != "serve_http")
 
 
 # ---- checking an answer against its type -----------------------------------------------------------

@@ -105,9 +105,12 @@ def test_vllm_worker_serves_http_and_lm_eval_scores_it_as_quantkit_does(started,
     from quantkit.evaluation.lmeval_crosscheck import compare_rows, lm_eval_over_server
     from quantkit.evaluation.scorer import WorkerScorer
     from quantkit.evaluation.tasks import run_tasks
+    from quantkit.workers import contract
 
     served = worker.call("serve_http", served_name="reference")
+    assert contract.check_answer("serve_http", served) == [], served
     assert served == worker.call("serve_http", served_name="reference")  # one server, asked twice
+    assert worker.call("info")["serving"] == served["url"]
     ours = run_tasks(WorkerScorer(worker, Path(reference.location)), ["arc_easy"], limit=10)
     theirs = lm_eval_over_server(served["url"], served["model"], ["arc_easy"], 10)
     rows = compare_rows(ours, theirs)

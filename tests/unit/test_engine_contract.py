@@ -193,7 +193,14 @@ def test_contract_checks_types_and_required_keys():
     assert contract.check_args("generate", {"prompts": [[1]], "temperature": 0.5}) == []
     assert contract.check_args("generate", {"prompts": [[1]], "temprature": 0.5}) == \
         ["generate: unknown argument 'temprature'"]
-    assert set(contract.OPS) == {"generate", "logprobs", "topk_logprobs", "bench", "memory", "info"}
+    assert set(contract.REQUIRED_OPS) == {"generate", "logprobs", "topk_logprobs", "bench", "memory", "info"}
+    assert set(contract.OPS) == set(contract.REQUIRED_OPS) | {"serve_http"}  # optional: serves_from_worker
+    assert contract.check_answer("serve_http", {"url": "http://127.0.0.1:1/v1", "model": "m"}) == []
+    assert contract.check_answer("serve_http", {"url": "http://127.0.0.1:1/v1"}) == \
+        ["serve_http: missing 'model' (ServeHttpAnswer)"]
+    info = {"engine": "vllm", "version": "0", "model": "m", "load_seconds": 1.0, "pid": 1}
+    assert contract.check_answer("info", {**info, "serving": None}) == []
+    assert contract.check_answer("info", {**info, "serving": "http://127.0.0.1:1/v1"}) == []
 
 
 def test_contract_module_is_stdlib_only():
