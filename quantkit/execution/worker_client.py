@@ -23,6 +23,12 @@ def log_tail(log_path: Path, n: int = 20) -> str:
         return "(no log)"
 
 
+# Seconds a worker gets after SIGTERM before SIGKILL: vLLM's AsyncLLM worker shuts its engine down
+# on SIGTERM, which unlinks the engine processes' shared memory (/dev/shm); at procs.GRACE_S (3 s)
+# that shutdown was cut short on 2 loaded cores and left segments behind (tests/integration/test_kill.py).
+WORKER_GRACE_S = 6.0
+
+
 class WorkerClient:
     """One engine worker process. Its stderr (engine logs) goes to `log_path`."""
 
@@ -35,7 +41,7 @@ class WorkerClient:
         self._proc = Supervised(
             [python_for(env), "-m", module, json.dumps(settings)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, bufsize=1,
-            env=runtime_env(env),
+            env=runtime_env(env), grace=WORKER_GRACE_S,
         )
         self._answers: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

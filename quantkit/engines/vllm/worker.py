@@ -14,8 +14,8 @@ whole (`run_server`) because it owns the process: signals, the socket's port and
 process; the pieces it assembles are called here in the same order.
 
 Threads: the main thread runs the event loop (uvloop, as `vllm serve`); the JSON-lines protocol
-reads stdin in a daemon thread and runs each op's coroutine on that loop. Ctrl-C (SIGINT) cancels
-the loop's main task, which shuts the engine down.
+reads stdin in a daemon thread and runs each op's coroutine on that loop. Ctrl-C (SIGINT) and
+SIGTERM end the loop's main task, which shuts the engine down (its shared memory unlinked).
 """
 
 from __future__ import annotations
@@ -49,10 +49,21 @@ def server_args(settings: dict, served_name: str | None = None) -> Any:
     return args
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt("terminated")
+
+
 def main(settings: dict) -> None:
     out = claim_stdout()
+    import signal
+
     import uvloop
 
+    # SIGTERM (quantkit's supervisor stopping the tree) ends the worker as Ctrl-C does, through the
+    # engine's own shutdown: vLLM's engine processes unlink their shared memory (/dev/shm) and
+    # semaphores only then. Python's default for SIGTERM is to die on the spot, leaking both. vLLM's
+    # `run_server` does the same during its start-up (`_interrupt_init`).
+    signal.signal(signal.SIGTERM, _interrupt)
     uvloop.run(_main(settings, out))
 
 
