@@ -48,9 +48,10 @@ from quantkit.evaluation.stages import StageClock
 from quantkit.execution.local import LocalExecutor
 from quantkit.results.store import Figure, Store, measurement_key
 
-# one OpenAI server at a time on the driver's machine: every executor runs servers (groups that need
-# a server, or start their own) here, also one that places workers on cluster nodes, and two
-# sweeps at once would share its cores
+# one serving sweep at a time: servers compare starts itself (groups that need a server, or start
+# their own) run on the driver's machine, also under an executor that places workers on cluster
+# nodes, and two sweeps at once would share its cores; a server a worker serves (vLLM) may be on a
+# node, but its sweep's client still runs here
 _DRIVER_SERVER = threading.Lock()
 STAGES_GROUP = "stages"  # the figures holding each run's stage times (seconds), one measurement per model and run
 
@@ -139,7 +140,7 @@ def processes(pending: list[Group], engine: Any) -> list[tuple[str, list[Group],
     also serves HTTP). An engine whose worker serves its OpenAI server (vLLM) gets one process for the
     server and worker groups, the serving sweep first; otherwise each `needs` gets its own."""
     by_needs = {needs: [g for g in pending if g.needs == needs] for needs in groups.NEEDS}
-    if getattr(engine, "serves_from_worker", False) and by_needs["server"]:
+    if engine.serves_from_worker and by_needs["server"]:
         by_needs["worker"] = by_needs.pop("server") + by_needs["worker"]
         return [(n, todo, n == "worker") for n, todo in by_needs.items() if todo]
     return [(n, todo, False) for n, todo in by_needs.items() if todo]

@@ -94,7 +94,8 @@ def dummy_groups():
 @pytest.fixture
 def fake_models(tmp_home, monkeypatch):
     """compare with no engine: the reference 'loads' as a fake target; inputs are empty."""
-    target = SimpleNamespace(name="reference", engine=SimpleNamespace(name="fake"), kv_cache_type="f16",
+    target = SimpleNamespace(name="reference", engine=SimpleNamespace(name="fake", serves_from_worker=False),
+                             kv_cache_type="f16",
                              settings=SimpleNamespace(model_dump=lambda: {"n_ctx": 64}), model_path=tmp_home)
     monkeypatch.setattr(loader, "locate", lambda name: (name, tmp_home, "safetensors"))
     monkeypatch.setattr(loader, "load", lambda name, settings=None: target)
@@ -239,7 +240,15 @@ class ServerDummy(Group):
         return [run.fig("dummy_server", "url", None, text=run.server.url)]
 
 
-def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on(dummy_groups, fake_models,
+@pytest.fixture
+def server_dummy(dummy_groups):
+    """The dummy groups plus one that needs the engine's server."""
+    groups.register("dummy_server", ServerDummy)
+    yield
+    groups.unregister("dummy_server")
+
+
+def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on(server_dummy, fake_models,
                                                                                   monkeypatch):
     from quantkit import server
     from quantkit.errors import EngineError
@@ -255,12 +264,8 @@ def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on
             return None
 
     monkeypatch.setattr(server, "EngineServer", DeadServer)
-    groups.register("dummy_server", ServerDummy)
-    try:
-        executor = FakeExecutor()
-        store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
-    finally:
-        groups.unregister("dummy_server")
+    executor = FakeExecutor()
+    store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
     figs = {(f.group, f.metric): f for f in store.figures()}
     assert figs[("dummy_server", "failed")].reason == "fake server exited (code 1) during start-up"
     assert figs[("dummy", "answer")].value == 42.0 and len(executor.starts) == 1  # the server's groups first
@@ -269,7 +274,7 @@ def test_a_server_that_cannot_start_fails_its_groups_and_the_worker_groups_go_on
     assert "engine failed" in out
 
 
-def test_an_engine_whose_worker_serves_starts_one_process_for_server_and_worker_groups(dummy_groups, fake_models,
+def test_an_engine_whose_worker_serves_starts_one_process_for_server_and_worker_groups(server_dummy, fake_models,
                                                                                         monkeypatch):
     """Issue 13 item 2: with `Engine.serves_from_worker` (vLLM), compare starts the worker once, asks it
     to serve HTTP, runs the serving groups first against that URL, then the worker's groups; no
@@ -293,13 +298,9 @@ def test_an_engine_whose_worker_serves_starts_one_process_for_server_and_worker_
             return ServingWorker(self.starts)
 
     monkeypatch.setattr(server, "EngineServer", NoServer)
-    monkeypatch.setattr(loader.load("reference").engine, "serves_from_worker", True, raising=False)
-    groups.register("dummy_server", ServerDummy)
-    try:
-        executor = ServingExecutor()
-        store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
-    finally:
-        groups.unregister("dummy_server")
+    monkeypatch.setattr(loader.load("reference").engine, "serves_from_worker", True)
+    executor = ServingExecutor()
+    store, out = _compare(fake_models / "r.sqlite", CompareConfig(groups=("dummy", "dummy_server")), executor)
     figs = {(f.group, f.metric): f for f in store.figures()}
     assert len(executor.starts) == 1 and executor.starts[0].calls[:2] == ["info", "serve_http"]
     assert figs[("dummy_server", "url")].text == "http://127.0.0.1:1234/v1"

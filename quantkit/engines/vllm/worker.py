@@ -34,8 +34,9 @@ from quantkit.workers.procinfo import peak_rss
 from quantkit.workers.protocol import claim_stdout, serve
 
 
-def server_args(settings: dict, served_name: str | None = None) -> Any:
-    """vLLM's `vllm serve` arguments for these engine settings (its own parser: its defaults too)."""
+def server_args(settings: dict) -> Any:
+    """vLLM's `vllm serve` arguments for these engine settings (its own parser: its defaults too);
+    the served name, host and port are set when `serve_http` asks for a server."""
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -43,8 +44,7 @@ def server_args(settings: dict, served_name: str | None = None) -> Any:
 
     settings = dict(settings)
     model = settings.pop("model")
-    argv = ["--model", model, *(["--served-model-name", served_name] if served_name else []), *cli_flags(settings)]
-    args = make_arg_parser(FlexibleArgumentParser()).parse_args(argv)
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", model, *cli_flags(settings)])
     validate_parsed_serve_args(args)
     return args
 

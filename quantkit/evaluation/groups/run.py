@@ -143,7 +143,6 @@ class WorkerServed:
 
     url: str
     model_name: str
-    in_worker: bool = True  # recorded with the serving figures
 
 
 @dataclass

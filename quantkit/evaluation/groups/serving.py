@@ -8,7 +8,7 @@ import json
 from quantkit import hardware, safetensors_info, variants
 from quantkit.errors import QuantkitError
 from quantkit.evaluation.groups.base import Group
-from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run, digest
+from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run, WorkerServed, digest
 from quantkit.results.store import Figure
 
 # how the roofline's decode rate is computed; in the serving key, so that rooflines computed
@@ -40,7 +40,7 @@ class ServingGroup(Group):
                     "input_tokens": cfg.bench_input, "distinct_prompts": len(run.inputs.serving_prompts),
                     "output_tokens": cfg.serving_output, "server": run.target.engine.name + " OpenAI server" + (
                         " (served by quantkit's worker from the engine the offline groups use)"
-                        if getattr(server, "in_worker", False) else ""),
+                        if isinstance(server, WorkerServed) else ""),
                     "ignore_eos": True, "greedy": True, "spread_tokens_per_s": lv["output_tokens_per_s_spread"],
                     "spread_requests_per_s": lv["requests_per_s_spread"]}
             n = lv["requests"] * lv["repeats"]
