@@ -35,8 +35,10 @@ Fan-out: compare measures the reference and the engine baselines first (the vari
 against them), then up to `parallel_models` variants at once, each in its own driver thread whose
 worker Ray places on a node with room; figures are stored by the driver as each group ends.
 
-Remaining (issue 10): the engine's OpenAI server (groups needing `server`, e.g. serving) still
-runs on the driver's machine, one at a time; builds do not go through Ray yet.
+Servers: an engine whose worker serves its own OpenAI app (vLLM, `Engine.serves_from_worker`) serves
+the serving sweep from the worker's node, bound to that node's IP (`RayWorker.ip`); `llama-server`
+and the replica sweep's servers still run on the driver's machine. Serving sweeps run one at a time
+either way (they are latency figures). Builds go through Ray in `ray_builds.py`.
 """
 
 from __future__ import annotations

@@ -100,6 +100,10 @@ class BenchRun(TypedDict):
     decode_tokens: NotRequired[int]
     decode_seconds: NotRequired[float]
     first_sequence_tokens: NotRequired[list[int]]
+    # seconds spent picking tokens (llama.cpp: llama_sampler_sample), in the whole run and in its
+    # decode phase: llama-bench never samples, so its cross-check compares the rest
+    sample_seconds: NotRequired[float]
+    decode_sample_seconds: NotRequired[float]
 
 
 class BenchAnswer(TypedDict):

@@ -57,6 +57,9 @@ def test_llamacpp_bench_decodes_what_generate_decodes_in_batched_sequences(fast)
         [[gen]] = w.call("generate", prompts=prompts[:1], max_tokens=12)
     [run] = one["runs"]
     assert run["output_tokens"] == 12 and run["decode_tokens"] == 11 and run["decode_seconds"] > 0
+    # the greedy pick's seconds (the cross-check takes them out, as llama-bench never samples): 12
+    # picks in the run, 11 of them in the decode phase, each a small part of its decode
+    assert 0 < run["decode_sample_seconds"] < run["sample_seconds"] < run["seconds"] / 2, run
     assert three["runs"][0]["output_tokens"] == 36 and three["sequences"] == 3
     n = len(gen["token_ids"])  # generate stops at EOS, bench does not
     assert n > 0 and run["first_sequence_tokens"][:n] == gen["token_ids"]

@@ -282,25 +282,35 @@ def main(settings: dict) -> None:
         made for the call and freed after it; every run starts from an empty KV cache (it pays its
         prefill). Each run reports its prefill (prompts -> first token of every sequence), its
         decode phase (the remaining tokens), which is what llama-bench's tg measures, and the first
-        sequence's tokens (a check that the loop decodes what `generate` decodes)."""
+        sequence's tokens (a check that the loop decodes what `generate` decodes). It also reports
+        the seconds spent in the greedy pick (llama_sampler_sample builds the whole vocabulary's
+        candidates: about 90 us a token for this 49k vocabulary on 2 cores, ~1% of a decode), which
+        llama-bench never does (it feeds tokens without sampling): the cross-check compares the rest."""
         n_seq = len(prompts)
         cells = max(len(p) for p in prompts) + max_tokens
         ctx, batch, mem, n_batch = open_context(n_seq, cells, pad=1)
         smpl = llama_cpp.llama_sampler_init_greedy()
 
+        sampling = [0.0]  # seconds in llama_sampler_sample during the current run
+
         def decode_greedy(items: list[tuple[int, int, int, bool]]) -> list[int]:
             """One decode of `items`; the greedy picks where logits were asked for, in order."""
             decode(ctx, batch, items)
-            return [llama_cpp.llama_sampler_sample(smpl, ctx, i) for i, it in enumerate(items) if it[3]]
+            t = time.perf_counter()
+            picks = [llama_cpp.llama_sampler_sample(smpl, ctx, i) for i, it in enumerate(items) if it[3]]
+            sampling[0] += time.perf_counter() - t
+            return picks
 
         def run(seqs: list[list[int]], n_out: int) -> dict:
             llama_cpp.llama_memory_clear(mem, True)
+            sampling[0] = 0.0
             t0 = time.perf_counter()
             flat = [(tok, pos, s, pos == len(p) - 1) for s, p in enumerate(seqs) for pos, tok in enumerate(p)]
             last: list[int] = []
             for i in range(0, len(flat), n_batch):
                 last += decode_greedy(flat[i:i + n_batch])
             t_first = time.perf_counter()
+            prefill_sampling = sampling[0]
             first_seq = [last[0]]
             for step in range(1, n_out):
                 last = decode_greedy([(tok, len(p) + step - 1, s, True) for s, (tok, p) in enumerate(zip(last, seqs))])
@@ -308,7 +318,8 @@ def main(settings: dict) -> None:
             t_end = time.perf_counter()
             return {"seconds": t_end - t0, "output_tokens": len(seqs) * n_out, "prefill_seconds": t_first - t0,
                     "decode_tokens": len(seqs) * (n_out - 1), "decode_seconds": t_end - t_first,
-                    "first_sequence_tokens": first_seq}
+                    "first_sequence_tokens": first_seq, "sample_seconds": sampling[0],
+                    "decode_sample_seconds": sampling[0] - prefill_sampling}
 
         try:
             run([p[:8] for p in prompts], 4)  # warm-up
