@@ -13,11 +13,13 @@ the run (group "stages") and tabled at the end.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,25 @@ from quantkit.results.store import Figure, Store, measurement_key
 # node, but its sweep's client still runs here
 _DRIVER_SERVER = threading.Lock()
 STAGES_GROUP = "stages"  # the figures holding each run's stage times (seconds), one measurement per model and run
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What every model compared against one reference shares in one `compare` call: where figures
+    go, how they are measured, the inputs and anchors of that reference, and who starts engines."""
+
+    store: Store
+    cfg: CompareConfig
+    fp: dict  # the software/hardware fingerprint every measurement key includes
+    anchors: Anchors
+    inputs: Inputs
+    chosen: list[Group]
+    console: Console
+    settings: dict | None  # engine options from the command line (-o)
+    executor: Any
+    clock: StageClock  # the stage times of this call (a model measures on a clock of its own)
+    run_id: str
+    board: Board
 
 
 def model_identity(name: str) -> dict:
@@ -233,15 +254,15 @@ def compare(names: list[str], cfg: CompareConfig, *, all_: bool = False, store: 
     for reference, members in plan(names, all_):
         if reference != "reference":
             console.print(f"[bold]compared with {reference}[/] (their source model)")
-        inputs = prepare_inputs(cfg, loader.locate(reference)[1])
         anchors = Anchors(reference)
-        common = (anchors, inputs, chosen, cfg, fp, console, settings, executor, clock, run_id, board)
-        _measure_model(store, reference, "reference", *common)
+        c = Comparison(store, cfg, fp, anchors, prepare_inputs(cfg, loader.locate(reference)[1]), chosen, console,
+                       settings, executor, clock, run_id, board)
+        _measure_model(c, reference, "reference")
         ordered, baselines = with_engine_baselines(reference, members, anchors, console)
         for name in ordered:  # the baselines come first: the variants are scored against them
             if name in baselines:
-                _measure_model(store, name, "baseline", *common)
-        fan_out([n for n in ordered if n not in baselines], lambda n, common=common: _measure_model(store, n, "variant", *common),
+                _measure_model(c, name, "baseline")
+        fan_out([n for n in ordered if n not in baselines], lambda n, c=c: _measure_model(c, n, "variant"),
                 parallel, board, console)
     if clock.rows:
         console.print(clock.table("compare: stage times (s)"))
@@ -329,29 +350,26 @@ def build_engine_baseline(reference: str, engine: str, console: Console | None =
     return variant.name
 
 
-def _measure_model(store: Store, name: str, role: str, anchors: Anchors, inputs: Inputs, chosen: list[Group],
-                   cfg: CompareConfig, fp: dict, console: Console, settings: dict | None, executor: Any,
-                   clock: StageClock, run_id: str, board: Board) -> None:
-    """Every pending group of one model; a reference or baseline records itself in `anchors`.
+def _measure_model(c: Comparison, name: str, role: str) -> None:
+    """Every pending group of one model; a reference or baseline records itself in `c.anchors`.
     Its stage times are kept on a clock of its own (models may run in parallel threads) and
-    added to `clock` at the end."""
-    own = StageClock(clock=clock.clock)
+    added to `c.clock` at the end."""
+    own = StageClock(clock=c.clock.clock)
     try:
-        _measure_one(store, name, role, anchors, inputs, chosen, cfg, fp, console, settings, executor, own,
-                     run_id, board)
+        _measure_one(dataclasses.replace(c, clock=own), name, role)
     except BaseException:
-        board.update(name, state="failed")
+        c.board.update(name, state="failed")
         raise
     finally:
-        clock.rows.extend(own.rows)  # one list.extend: atomic under the GIL
+        c.clock.rows.extend(own.rows)  # one list.extend: atomic under the GIL
 
 
-def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: Inputs, chosen: list[Group],
-                 cfg: CompareConfig, fp: dict, console: Console, settings: dict | None, executor: Any,
-                 clock: StageClock, run_id: str, board: Board) -> None:
+def _measure_one(c: Comparison, name: str, role: str) -> None:
+    store, anchors, inputs, chosen, cfg, fp = c.store, c.anchors, c.inputs, c.chosen, c.cfg, c.fp
+    console, executor, clock, board = c.console, c.executor, c.clock, c.board
     reference = anchors.reference
     try:
-        target = loader.load(name, settings=engine_settings(name, cfg, settings))
+        target = loader.load(name, settings=engine_settings(name, cfg, c.settings))
     except QuantkitError as e:
         engine = _engine_of(name) or "?"
         if role == "baseline":
@@ -372,7 +390,7 @@ def _measure_one(store: Store, name: str, role: str, anchors: Anchors, inputs: I
     failed = False
 
     def store_stages() -> None:  # as they end, so that a killed compare keeps the times it took
-        _store_stages(store, run, clock.rows, run_id)
+        _store_stages(store, run, clock.rows, c.run_id)
 
     if not pending:
         console.print(f"{name}: every figure already measured (use --force to re-measure)")
