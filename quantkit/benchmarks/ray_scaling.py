@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = None
     t = time.perf_counter()
     ray_one = RayExecutor(init_kwargs={"num_cpus": os.cpu_count()})
-    ray_one._ensure_ray()
+    ray_one.connect()
     print(f"Ray start (local instance): {time.perf_counter() - t:.1f} s")
     try:
         for i in range(args.repeats):

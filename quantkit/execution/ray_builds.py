@@ -88,7 +88,7 @@ def build_all(recipe_files: list[str], overrides: list[str], *, executor: RayExe
 
     console = console or Console()
     recipes = [(f, load_recipe(f, overrides)) for f in recipe_files]  # every error now, naming file and field
-    ray = executor._ensure_ray()
+    ray = executor.connect()
     task = ray.remote(max_retries=0)(_build_on_node)
     nodes = ray.nodes()
     pending: dict[Any, int] = {}

@@ -341,11 +341,13 @@ class RayExecutor:
         start_timeout)."""
         if self._parallel:
             return max(1, int(self._parallel))
-        ray = self._ensure_ray()
+        ray = self.connect()
         return max(1, sum(1 for n in ray.nodes() if n.get("Alive")
                           and (n.get("Resources", {}).get("CPU") or n.get("Resources", {}).get("GPU"))))
 
-    def _ensure_ray(self):
+    def connect(self):
+        """The `ray` module, initialised on this executor's cluster (joined or started on first use),
+        with the worker actor class registered; used by the build runner and benchmarks too."""
         ray = _import_ray()
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
@@ -366,7 +368,7 @@ class RayExecutor:
         from quantkit.execution.procs import run_id
         from quantkit.hardware import detect
 
-        ray = self._ensure_ray()
+        ray = self.connect()
         settings = target.worker_settings()
         demand = resources_for(settings, weights_bytes(target), bool(detect().gpus))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
