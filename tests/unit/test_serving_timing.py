@@ -149,3 +149,27 @@ def test_sweep_against_a_real_http_server_with_coalesced_writes():
     # ITLs: gap/3 for the tokens of 3-token writes (6 of 8 decode tokens), gap for the others
     assert gap / 3 * 0.9 < level["itl_median_s"] < gap / 3 * 1.6, level
     assert gap / 2 * 0.9 < level["tpot_median_s"] < gap / 2 * 1.5, level  # 4 gaps over 8 tokens
+
+
+def test_a_sweep_level_becomes_figures_with_their_sample_sizes():
+    """level_figures (shared by the serving and replica sweeps): latencies in ms over every request
+    of every repeat, throughputs over the repeats with half their spread as the uncertainty."""
+    from types import SimpleNamespace
+
+    from quantkit.evaluation.groups.serving import level_figures
+    from quantkit.results.store import Figure
+
+    run = SimpleNamespace(fig=lambda group, metric, value, unc=None, n=None, unit=None, *, conditions=None, params=None:
+                          Figure("m", "e", group, metric, value, unc, n, unit, conditions=conditions or {},
+                                 params=params or {}))
+    lv = {"concurrency": 4, "requests": 8, "repeats": 2, "ttft_median_s": 0.25, "ttft_p90_s": 0.5,
+          "itl_median_s": 0.05, "itl_p90_s": 0.07, "output_tokens_per_s": 70.0, "output_tokens_per_s_spread": [66.0, 74.0],
+          "requests_per_s": 2.5}
+    figs = {f.metric: f for f in level_figures(run, "serving", lv, {"c": 1}, {"concurrency": 4})}
+    assert list(figs) == ["ttft_median_ms", "ttft_p90_ms", "itl_median_ms", "itl_p90_ms", "output_tokens_per_s",
+                          "requests_per_s"]
+    assert (figs["itl_median_ms"].value, figs["itl_median_ms"].n, figs["itl_median_ms"].unit) == (50.0, 16, "ms")
+    assert (figs["output_tokens_per_s"].uncertainty, figs["output_tokens_per_s"].n) == (4.0, 2)
+    assert all(f.params == {"concurrency": 4} and f.conditions == {"c": 1} for f in figs.values())
+    some = level_figures(run, "scaling", lv, {}, {"layout": "2x1"}, ("output_tokens_per_s", "ttft_median_ms"))
+    assert [(f.group, f.metric) for f in some] == [("scaling", "output_tokens_per_s"), ("scaling", "ttft_median_ms")]

@@ -26,6 +26,7 @@ from quantkit import hardware
 from quantkit.errors import QuantkitError
 from quantkit.evaluation.groups.base import Group
 from quantkit.evaluation.groups.run import CompareConfig, Inputs, Run, digest
+from quantkit.evaluation.groups.serving import level_figures
 from quantkit.results.store import Figure
 
 
@@ -88,14 +89,8 @@ class ScalingGroup(Group):
                 at = {"layout": label, "concurrency": c}
                 lc = {**cond, "concurrency": c, "requests": lv["requests"], "repeats": lv["repeats"],
                       "spread_tokens_per_s": lv["output_tokens_per_s_spread"]}
-                lo, hi = lv["output_tokens_per_s_spread"]
-                n = lv["requests"] * lv["repeats"]
-                figs += [run.fig(self.name, "output_tokens_per_s", lv["output_tokens_per_s"], (hi - lo) / 2,
-                                 lv["repeats"], "tok/s", conditions=lc, params=at),
-                         run.fig(self.name, "itl_median_ms", lv["itl_median_s"] * 1e3, None, n, "ms", conditions=lc,
-                                 params=at),
-                         run.fig(self.name, "ttft_median_ms", lv["ttft_median_s"] * 1e3, None, n, "ms", conditions=lc,
-                                 params=at)]
+                figs += level_figures(run, self.name, lv, lc, at,
+                                      ("output_tokens_per_s", "itl_median_ms", "ttft_median_ms"))
                 if label != plan[0][0] and unit.get(c):
                     figs.append(run.fig(self.name, "scaling_efficiency", lv["output_tokens_per_s"] / (cfg.replicas * unit[c]),
                                         None, lv["repeats"], conditions={

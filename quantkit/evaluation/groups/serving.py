@@ -43,17 +43,7 @@ class ServingGroup(Group):
                         if isinstance(server, WorkerServed) else ""),
                     "ignore_eos": True, "greedy": True, "spread_tokens_per_s": lv["output_tokens_per_s_spread"],
                     "spread_requests_per_s": lv["requests_per_s_spread"]}
-            n = lv["requests"] * lv["repeats"]
-            spread = lv["output_tokens_per_s_spread"]
-            at = {"concurrency": c}
-            figs += [run.fig("serving", "ttft_median_ms", lv["ttft_median_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
-                     run.fig("serving", "ttft_p90_ms", lv["ttft_p90_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
-                     run.fig("serving", "itl_median_ms", lv["itl_median_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
-                     run.fig("serving", "itl_p90_ms", lv["itl_p90_s"] * 1e3, None, n, "ms", conditions=cond, params=at),
-                     run.fig("serving", "output_tokens_per_s", lv["output_tokens_per_s"],
-                             (spread[1] - spread[0]) / 2, lv["repeats"], "tok/s", conditions=cond, params=at),
-                     run.fig("serving", "requests_per_s", lv["requests_per_s"], None, lv["repeats"], "req/s",
-                             conditions=cond, params=at)]
+            figs += level_figures(run, self.name, lv, cond, {"concurrency": c})
         single = next((lv for lv in levels if lv["concurrency"] == 1), None)
         if single:
             try:  # a roofline that cannot be computed is a failed roofline, not a lost serving sweep
@@ -61,6 +51,27 @@ class ServingGroup(Group):
             except Exception as e:  # noqa: BLE001 - recorded with its reason
                 figs.append(run.failed("roofline", str(e) or type(e).__name__))
         return figs
+
+
+LEVEL_METRICS = ("ttft_median_ms", "ttft_p90_ms", "itl_median_ms", "itl_p90_ms", "output_tokens_per_s",
+                 "requests_per_s")
+
+
+def level_figures(run: Run, group: str, lv: dict, cond: dict, at: dict,
+                  metrics: tuple[str, ...] = LEVEL_METRICS) -> list[Figure]:
+    """One concurrency level of a serving sweep (quantkit.evaluation.serving.sweep) as figures of
+    `group`: latencies over every request of every repeat (n = requests x repeats), throughputs
+    over the repeats (tok/s with half its spread as the uncertainty). Shared by the serving sweep
+    and the replica sweep."""
+    n = lv["requests"] * lv["repeats"]
+    lo, hi = lv["output_tokens_per_s_spread"]
+    each = {"ttft_median_ms": (lv["ttft_median_s"] * 1e3, None, n, "ms"),
+            "ttft_p90_ms": (lv["ttft_p90_s"] * 1e3, None, n, "ms"),
+            "itl_median_ms": (lv["itl_median_s"] * 1e3, None, n, "ms"),
+            "itl_p90_ms": (lv["itl_p90_s"] * 1e3, None, n, "ms"),
+            "output_tokens_per_s": (lv["output_tokens_per_s"], (hi - lo) / 2, lv["repeats"], "tok/s"),
+            "requests_per_s": (lv["requests_per_s"], None, lv["repeats"], "req/s")}
+    return [run.fig(group, m, *each[m], conditions=cond, params=at) for m in metrics]
 
 
 def roofline(run: Run, single: dict) -> list[Figure]:
