@@ -5,9 +5,10 @@ local executor's, speed aside").
     .venv/bin/python -m quantkit.benchmarks.ray_equivalence --local-db results/quantkit.sqlite
         [--ray-db PATH] [--address HOST:PORT] [--node-cpus N] [-- COMPARE ARGS...]
 
-1. Unless `--ray-db` already holds the Ray run (or `--address` names a running cluster), starts a
-   local two-node Ray cluster (`ray.cluster_utils.Cluster`: a CPU-less head and two nodes of
-   `--node-cpus` CPUs each, default all of this machine's: the nodes share its cores).
+1. Unless `--skip-run` (or `--address` names a running cluster), starts a local Ray cluster
+   (`ray.cluster_utils.Cluster`: a CPU-less head and `--nodes` nodes, default two, of
+   `--node-cpus` CPUs each, default all of this machine's: the nodes share its cores). An
+   existing `--ray-db` is resumed: compare measures only what it lacks.
 2. Runs the very command a user runs, `quantkit compare ARGS --executor ray --address ADDR --db
    RAY_DB` (default ARGS: the demo's, `--all --quick --tasks arc_easy,gsm8k --limit 20`), so the
    CLI, the fan-out and its live table are what is exercised; its output passes through.
@@ -134,7 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-db", type=Path, default=None, help="the Ray run's store (default: a new one in a temp dir)")
     ap.add_argument("--address", default=None, help="a running Ray cluster (default: a local two-node cluster)")
     ap.add_argument("--node-cpus", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--nodes", type=int, default=2,
+                    help="nodes of the local cluster (1 runs the models one after another: on one small machine "
+                         "two nodes share its cores, and two llama.cpp workers spinning on the same cores slow "
+                         "each other many times over)")
     ap.add_argument("--skip-run", action="store_true", help="compare the stores only (--ray-db holds the Ray run)")
+    ap.add_argument("--only-stored", action="store_true",
+                    help="compare only the models the Ray store holds (a run cut short); the others are listed")
     ap.add_argument("compare_args", nargs="*", help="the compare command's arguments (after --)")
     args = ap.parse_args(argv)
     console = Console()
@@ -155,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 cluster = Cluster(initialize_head=True, connect=False,
                                   head_node_args={"num_cpus": 0, "include_dashboard": False})
-                for _ in range(2):
+                for _ in range(args.nodes):
                     cluster.add_node(num_cpus=args.node_cpus)
                 cluster.wait_for_nodes()
                 address = cluster.address
-                console.print(f"two-node local Ray cluster at {address} ({args.node_cpus} CPUs a node)")
+                console.print(f"local Ray cluster of {args.nodes} node(s) at {address} ({args.node_cpus} CPUs a node)")
             cmd = [sys.executable, "-m", "quantkit.cli", *compare_args, "--executor", "ray", "--address", address,
                    "--db", str(ray_db)]
             console.print("running: " + " ".join(cmd[2:]))
@@ -178,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"local store {args.local_db}: {len(local_figs)} figures; Ray store {ray_db}: {len(ray_figs)} "
                   f"figures over {len(models)} models"
                   + (f"; groups the Ray run did not measure, left out: {', '.join(left_out)}" if left_out else ""))
-    rows = compare_stores(local_figs, ray_figs)
+    not_run = sorted({f.variant for f in local_figs} - models)
+    if not_run:
+        console.print(("[yellow]left out (--only-stored)[/]: " if args.only_stored else "[red]not in the Ray store[/]: ")
+                      + ", ".join(not_run))
+    rows = compare_stores(local_figs, ray_figs, only_models=models if args.only_stored else None)
     render(rows, console)
     bad = [r.group for r in rows if not r.ok]
     console.print("[red]deterministic figures differ: " + ", ".join(bad) + "[/]" if bad
