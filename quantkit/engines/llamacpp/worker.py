@@ -267,7 +267,7 @@ def main(settings: dict) -> None:
             answers.append({k: arrays.encode(v) for k, v in rows.items()})
         return answers
 
-    def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
+    def bench(prompts: list[list[int]], max_tokens: int, repeats: int = 3, pick: bool = True) -> dict:
         """Offline throughput the way llama.cpp itself runs (llama-batched-bench, llama-server's
         slots): llama.cpp's C API through the binding, every prompt one sequence of one batch. The
         prompts are decoded together (packed into decodes of at most n_batch tokens, logits for
@@ -285,7 +285,13 @@ def main(settings: dict) -> None:
         sequence's tokens (a check that the loop decodes what `generate` decodes). It also reports
         the seconds spent in the greedy pick (llama_sampler_sample builds the whole vocabulary's
         candidates: about 90 us a token for this 49k vocabulary on 2 cores, ~1% of a decode), which
-        llama-bench never does (it feeds tokens without sampling): the cross-check compares the rest."""
+        llama-bench never does (it feeds tokens without sampling).
+
+        `pick=False` is llama-bench's loop: every decode still asks for the logits of its last token,
+        but the next token is fed without picking (the prompt's tokens in turn; the cost of a decode
+        does not depend on which token). The cross-check judges this run against llama-bench: the
+        greedy pick costs more than its own time, since filling its 49k-entry candidate array
+        (~590 KB) between decodes evicts part of the cache the next decode would reuse."""
         n_seq = len(prompts)
         cells = max(len(p) for p in prompts) + max_tokens
         ctx, batch, mem, n_batch = open_context(n_seq, cells, pad=1)
@@ -294,8 +300,11 @@ def main(settings: dict) -> None:
         sampling = [0.0]  # seconds in llama_sampler_sample during the current run
 
         def decode_greedy(items: list[tuple[int, int, int, bool]]) -> list[int]:
-            """One decode of `items`; the greedy picks where logits were asked for, in order."""
+            """One decode of `items`; the greedy picks where logits were asked for, in order (without
+            `pick`, the next token of each such sequence fed instead: its prompt's tokens in turn)."""
             decode(ctx, batch, items)
+            if not pick:
+                return [prompts[it[2]][(it[1] + 1) % len(prompts[it[2]])] for it in items if it[3]]
             t = time.perf_counter()
             picks = [llama_cpp.llama_sampler_sample(smpl, ctx, i) for i, it in enumerate(items) if it[3]]
             sampling[0] += time.perf_counter() - t
@@ -328,7 +337,8 @@ def main(settings: dict) -> None:
             llama_cpp.llama_sampler_free(smpl)
             close_context(ctx, batch)
         return {"runs": runs, "sequences": n_seq,
-                "method": f"llama.cpp C API: {n_seq} sequence(s) in one batch, greedy in C, "
+                "method": f"llama.cpp C API: {n_seq} sequence(s) in one batch, "
+                          f"{'greedy in C' if pick else 'tokens fed without picking (as llama-bench)'}, "
                           f"{cells} KV cells per sequence (prompt + output, as llama-bench)"}
 
     def memory() -> dict:

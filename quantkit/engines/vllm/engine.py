@@ -156,6 +156,14 @@ class VllmEngine(Engine):
         share = settings.model_copy(update={"gpu_memory_utilization": settings.gpu_memory_utilization / shares})
         return share, {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in cpus)}
 
+    def uses_gpus(self, settings: VllmSettings, hw: Hardware) -> bool:
+        return hw.has_cuda  # the CUDA build of vLLM runs on the GPUs; vllm-cpu elsewhere
+
+    def gpu_share(self, settings: VllmSettings, gpus: list[int]) -> tuple[VllmSettings, dict[str, str]]:
+        # one engine over several GPUs is vLLM's tensor parallelism (what `-o tensor_parallel_size=N` asks)
+        return (settings.model_copy(update={"tensor_parallel_size": len(gpus)}),
+                {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)})
+
     def memory_figures(self, answer: MemoryAnswer, log_text: str) -> MemoryFigures:
         # vLLM's memory answer has no capacity or weights: its start-up log states the capacity, and the
         # weights on CUDA ("Model loading took X GiB"); vllm-cpu 0.32 logs only the checkpoint's size on

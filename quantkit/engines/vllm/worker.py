@@ -215,8 +215,10 @@ class _Ops:
             results.append(found[tag])
         return results
 
-    def bench(self, prompts: list[list[int]], max_tokens: int, repeats: int = 3) -> dict:
+    def bench(self, prompts: list[list[int]], max_tokens: int, repeats: int = 3, pick: bool = True) -> dict:
         """Offline throughput: the whole batch at once, a fixed number of output tokens (EOS ignored)."""
+        if not pick:
+            raise ValueError("vLLM's engine always samples its tokens: bench(pick=False) is llama.cpp's")
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, min_tokens=max_tokens, ignore_eos=True)

@@ -328,8 +328,10 @@ class HtmlExporter:
             parts.append("<h2>Temperature sweep (GSM8K)</h2>")
             parts.append(_table_html(report.sweep, figs, "sweep"))
         if report.scaling.rows:
-            parts.append("<h2>Replica sweep</h2><p>Layout <code>NxK</code>: N servers of K cores each, requests "
-                         "round-robin; efficiency: tok/s / (N &times; tok/s of one share).</p>")
+            parts.append("<h2>Replica sweep</h2><p>Layout <code>NxK</code>: N servers of K cores each "
+                         "(<code>NxK GPU</code>: of K GPUs each; one server on N GPUs is the engine's own multi-GPU "
+                         "mode, vLLM's tensor parallelism), requests round-robin; efficiency: tok/s / (N &times; "
+                         "tok/s of one share).</p>")
             parts.append(_table_html(report.scaling, figs, "scaling"))
         if report.stages.rows:
             parts.append("<h2>Stage times</h2><p>Seconds on this machine, newest compare run per model: where a "

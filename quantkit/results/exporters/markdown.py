@@ -47,9 +47,10 @@ class MarkdownExporter:
             md += ["| " + " | ".join(r) + " |" for r in rows(report.sweep)] + [""]
         if report.scaling.rows:
             sc = report.scaling.header()
-            md += ["## Replica sweep (N data-parallel replicas against one server on the same cores)", "",
-                   "Layout `NxK`: N servers of K cores each, requests round-robin; efficiency: tok/s / (N x tok/s "
-                   "of one share).", "", "| " + " | ".join(sc) + " |", "|" + "---|" * len(sc)]
+            md += ["## Replica sweep (N data-parallel replicas against one server on the same cores or GPUs)", "",
+                   "Layout `NxK`: N servers of K cores each (`NxK GPU`: of K GPUs each; one server on N GPUs is the "
+                   "engine's own multi-GPU mode, vLLM's tensor parallelism), requests round-robin; efficiency: "
+                   "tok/s / (N x tok/s of one share).", "", "| " + " | ".join(sc) + " |", "|" + "---|" * len(sc)]
             md += ["| " + " | ".join(r) + " |" for r in rows(report.scaling)] + [""]
         if report.stages.rows:
             st = report.stages.header()
