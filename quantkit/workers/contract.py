@@ -55,6 +55,9 @@ class BenchArgs(TypedDict):
     prompts: list[list[int]]
     max_tokens: int
     repeats: NotRequired[int]
+    # False: feed tokens without picking them, as llama-bench does (the speed cross-check's like-for-like
+    # run); engines that always sample (vLLM) refuse it
+    pick: NotRequired[bool]
 
 
 class NoArgs(TypedDict):

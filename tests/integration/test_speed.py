@@ -54,12 +54,18 @@ def test_llamacpp_bench_decodes_what_generate_decodes_in_batched_sequences(fast)
     with LocalExecutor().start(loader.load(str(gguf), settings={"n_ctx": 1024}), label="bench-check") as w:
         one = w.call("bench", prompts=prompts[:1], max_tokens=12, repeats=1)
         three = w.call("bench", prompts=prompts, max_tokens=12, repeats=1)
+        fed = w.call("bench", prompts=prompts[:1], max_tokens=12, repeats=1, pick=False)
         [[gen]] = w.call("generate", prompts=prompts[:1], max_tokens=12)
     [run] = one["runs"]
     assert run["output_tokens"] == 12 and run["decode_tokens"] == 11 and run["decode_seconds"] > 0
-    # the greedy pick's seconds (the cross-check takes them out, as llama-bench never samples): 12
-    # picks in the run, 11 of them in the decode phase, each a small part of its decode
+    # the greedy pick's seconds: 12 picks in the run, 11 of them in the decode phase, each a small
+    # part of its decode
     assert 0 < run["decode_sample_seconds"] < run["sample_seconds"] < run["seconds"] / 2, run
+    # llama-bench's loop (the cross-check's judged run): the same decodes, no pick, the prompt's
+    # tokens fed in turn after the prompt
+    [nopick] = fed["runs"]
+    assert nopick["output_tokens"] == 12 and nopick["decode_tokens"] == 11 and nopick["sample_seconds"] == 0
+    assert nopick["first_sequence_tokens"] == (prompts[0] * 2)[:12] and "without picking" in fed["method"]
     assert three["runs"][0]["output_tokens"] == 36 and three["sequences"] == 3
     n = len(gen["token_ids"])  # generate stops at EOS, bench does not
     assert n > 0 and run["first_sequence_tokens"][:n] == gen["token_ids"]
