@@ -22,6 +22,9 @@ SEPARATOR = "\n\n"  # the same joiner compare uses for its fidelity text
 # Bump when packing changes what a build calibrates on: builds record it (manifest
 # "calibration.packing") so a build made with other packing is not taken for this one.
 PACKING = "packed-v1"
+# `calibration.packing: passages`: one passage per sequence, cut at seq_len (llm-compressor's own
+# loading, and quantkit's before packing); kept to measure what packing changes
+PASSAGES = "passages-v1"
 
 
 class CalibrationShortError(ValueError):
@@ -36,6 +39,25 @@ def pack(ids: Sequence[int], samples: int, seq_len: int) -> list[list[int]]:
     if len(ids) < need:
         raise CalibrationShortError(f"{len(ids)} tokens cannot fill {samples} x {seq_len} = {need}")
     return [list(ids[i * seq_len:(i + 1) * seq_len]) for i in range(samples)]
+
+
+def per_passage(encode: Callable[[str], list[int]], texts: Sequence[str], samples: int,
+                seq_len: int) -> tuple[list[list[int]], int]:
+    """One sequence per passage, the first `samples` non-empty passages, each cut at `seq_len`
+    tokens (no packing: a short passage stays short). Returns (sequences, passages used)."""
+    seqs: list[list[int]] = []
+    used = 0
+    for text in texts:
+        if len(seqs) == samples:
+            break
+        used += 1
+        ids = encode(text)[:seq_len]
+        if ids:
+            seqs.append(ids)
+    if len(seqs) < samples:
+        raise CalibrationShortError(f"{len(texts)} passages give {len(seqs)} non-empty sequences, fewer than "
+                                    f"samples = {samples}")
+    return seqs, used
 
 
 def pack_texts(encode: Callable[[str], list[int]], texts: Sequence[str], samples: int, seq_len: int,

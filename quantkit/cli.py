@@ -264,20 +264,26 @@ def list_variants() -> None:
 
     from quantkit import safetensors_info, sources, variants
 
+    def amount(value, fmt: str) -> str:
+        return fmt.format(value) if value is not None else "-"
+
     table = Table(title="models")
-    for col in ("name", "method", "format", "engine", "size", "bits/weight", "complete"):
+    for col in ("name", "method", "format", "engine", "size", "bits/weight", "build s", "build peak RSS",
+                "build peak GPU", "complete"):
         table.add_column(col)
     if sources.embedded_ready():
         ref = sources.embedded_dir()
         size = safetensors_info.tensor_bytes(ref)
         bpw = 8 * size / safetensors_info.parameter_count(ref)
         table.add_row(f"{sources.EMBEDDED_NAME} (reference)", "bf16", "safetensors", "vllm",
-                      f"{size / 2**20:.1f} MiB", f"{bpw:.2f}", "yes")
+                      f"{size / 2**20:.1f} MiB", f"{bpw:.2f}", "-", "-", "-", "yes")
     for v in variants.all_variants():
         m = v.manifest
-        v_size, v_bpw = m.get("weights_bytes"), m.get("bits_per_weight")
+        # peak GPU: torch's max_memory_allocated during a CUDA build (llm-compressor, AutoAWQ); "-" on CPU
         table.add_row(v.name, v.method, v.format, m.get("engine", "?"),
-                      f"{v_size / 2**20:.1f} MiB" if v_size else "-", f"{v_bpw:.2f}" if v_bpw else "-",
+                      amount(m.get("weights_bytes") and m["weights_bytes"] / 2**20, "{:.1f} MiB"),
+                      amount(m.get("bits_per_weight"), "{:.2f}"), amount(m.get("build_seconds"), "{:.0f}"),
+                      amount(m.get("peak_memory_mib"), "{:.0f} MiB"), amount(m.get("peak_gpu_memory_mib"), "{:.0f} MiB"),
                       "[green]yes" if v.complete else "[red]no (incomplete)")
     console.print(table)
 

@@ -42,6 +42,12 @@ class Calibration(_Strict):
     samples: int = Field(128, ge=1, le=100_000)
     seq_len: int = Field(512, ge=16, le=32_768)
     seed: int = 0
+    # "packed": passages joined and cut into exactly samples x seq_len tokens (the default, as
+    # llm-compressor's examples and llama-imatrix's chunks do); "passages": one passage per sample,
+    # cut at seq_len, as llm-compressor's own dataset loading does (LAMBADA: ~80 of 256 tokens
+    # each), kept to measure what packing buys (quantkit/benchmarks/packing_effect.py)
+    # left out of the dump when "packed", so that recipes written before this field keep their fingerprints
+    packing: Literal["packed", "passages"] = Field("packed", exclude_if=lambda v: v == "packed")
 
 
 class MethodBase(_Strict):
@@ -194,6 +200,9 @@ class Recipe(_Strict):
     def check_calibration(self) -> None:
         if self.method.needs_calibration() and self.calibration is None:
             raise ValueError(f"method {self.method.kind!r} needs a `calibration` section (dataset, samples, seq_len)")
+        if self.calibration is not None and self.calibration.packing == "passages" and self.method.kind == "gguf":
+            raise ValueError("calibration.packing 'passages' is for llm-compressor methods: llama-imatrix cuts its "
+                             "text into seq_len chunks itself, so a GGUF imatrix is always packed")
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

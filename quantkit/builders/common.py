@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from quantkit import evaldata, hardware
-from quantkit.calibration import PACKING
+from quantkit.calibration import PACKING, PASSAGES
 from quantkit.envs import manager
 from quantkit.envs.specs import env_names
 from quantkit.errors import ConfigError, QuantkitError
@@ -37,10 +37,13 @@ def write_calibration(calib: Calibration, out_file: Path) -> int:
 
 
 def calibration_record(calib: Calibration, packed: dict) -> dict:
-    """Manifest fields for a packed calibration (packed: what the worker reports)."""
-    if packed["sequences"] != calib.samples or packed["tokens"] != calib.samples * calib.seq_len:
-        raise QuantkitError(f"calibration packed {packed['sequences']} sequences / {packed['tokens']} tokens, "
-                            f"not calibration.samples x seq_len = {calib.samples} x {calib.seq_len}")
+    """Manifest fields for the calibration the worker reports: packed, exactly samples x seq_len
+    tokens; one passage per sample (`packing: passages`), samples sequences of at most seq_len."""
+    full = calib.samples * calib.seq_len
+    if packed["sequences"] != calib.samples or (packed["tokens"] != full if calib.packing == "packed"
+                                                  else not 0 < packed["tokens"] <= full):
+        raise QuantkitError(f"calibration ({calib.packing}) made {packed['sequences']} sequences / {packed['tokens']} "
+                            f"tokens, not calibration.samples x seq_len = {calib.samples} x {calib.seq_len}")
     return {"calibration_samples_used": packed["sequences"], "calibration_tokens": packed["tokens"],
             "calibration_packing": {**packed, "dataset": calib.dataset,
                                     "passages": f"{calib.dataset}: second half, from its last passage backwards "
@@ -54,7 +57,9 @@ def env_versions(name: str) -> dict:
 
 def build_revision(recipe: Recipe) -> dict:
     """What, besides the recipe and the source, decides a build's content: reuse must match it."""
-    return {"calibration": PACKING} if recipe.calibration else {}
+    if not recipe.calibration:
+        return {}
+    return {"calibration": PACKING if recipe.calibration.packing == "packed" else PASSAGES}
 
 
 def manifest_skeleton(recipe: Recipe, source: Source, recipe_file: str | None) -> dict:

@@ -91,14 +91,17 @@ def compress_then_cast(model, calib_dtype, saved_dtype) -> None:
 
 
 def calibration_dataset(tokenizer, calib: dict, passages_file: str):
-    """Packed calibration (quantkit.calibration): exactly samples x seq_len tokens."""
+    """Packed calibration (quantkit.calibration): exactly samples x seq_len tokens; with
+    `packing: passages`, one passage per sequence, cut at seq_len."""
     from datasets import Dataset
 
     from quantkit.calibration import (
         PACKING,
+        PASSAGES,
         SEPARATOR,
         CalibrationShortError,
         pack_texts,
+        per_passage,
         read_passages,
     )
     from quantkit.workers.contract import fail
@@ -106,13 +109,18 @@ def calibration_dataset(tokenizer, calib: dict, passages_file: str):
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    passages = calib.get("packing", "packed") == "passages"
     try:
-        seqs, used, _ = pack_texts(encode, read_passages(passages_file), calib["samples"], calib["seq_len"])
+        if passages:
+            seqs, used = per_passage(encode, read_passages(passages_file), calib["samples"], calib["seq_len"])
+        else:
+            seqs, used, _ = pack_texts(encode, read_passages(passages_file), calib["samples"], calib["seq_len"])
     except CalibrationShortError as e:
         fail(f"{calib['dataset']}: {e}", field="calibration")
     ds = Dataset.from_dict({"input_ids": seqs, "attention_mask": [[1] * len(x) for x in seqs]})
     info = {"sequences": len(seqs), "seq_len": calib["seq_len"], "tokens": sum(map(len, seqs)),
-            "passages_used": used, "separator": SEPARATOR, "packing": PACKING}
+            "passages_used": used, "separator": None if passages else SEPARATOR,
+            "packing": PASSAGES if passages else PACKING}
     return ds, info
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from quantkit import calibration, evaldata
 from quantkit.builders import common
-from quantkit.errors import QuantkitError
+from quantkit.errors import ConfigError, QuantkitError
 from quantkit.recipes import Calibration, parse_recipe
 
 
@@ -116,3 +116,33 @@ def test_device_choices_change_only_cpu_calibrated_builds():
     assert cpu_compat.calibration_dtype("float32", calibrated=True, cuda=False) == "float32"
     assert (cpu_compat.calibration_batch(cuda=False), cpu_compat.calibration_batch(cuda=True)) == (8, 1)
     assert (cpu_compat.awq_grid(cuda=False), cpu_compat.awq_grid(cuda=True)) == (10, cpu_compat.AWQ_GRID_DEFAULT)
+
+
+def test_per_passage_calibration_keeps_one_short_passage_per_sample():
+    """`packing: passages` (llm-compressor's own loading, kept to measure what packing buys): each
+    passage is one sequence, cut at seq_len, so 80-token passages fill a third of a 256 budget."""
+    texts = ["x" * 80, "", "y" * 300, "z" * 50, "w" * 10]
+    seqs, used = calibration.per_passage(encode_bytes, texts, 3, 256)
+    assert [len(s) for s in seqs] == [80, 256, 50] and used == 4  # the empty passage is skipped, not a sample
+    with pytest.raises(calibration.CalibrationShortError, match="fewer than samples = 9"):
+        calibration.per_passage(encode_bytes, texts, 9, 256)
+
+
+def test_passages_packing_is_its_own_build_and_keeps_old_fingerprints():
+    base = {"name": "g", "method": {"kind": "gptq", "group_size": 64},
+            "calibration": {"dataset": "lambada", "samples": 8, "seq_len": 64}}
+    packed = parse_recipe(base, "test")
+    explicit = parse_recipe({**base, "calibration": {**base["calibration"], "packing": "packed"}}, "test")
+    passages = parse_recipe({**base, "calibration": {**base["calibration"], "packing": "passages"}}, "test")
+    assert "packing" not in packed.model_dump(mode="json")["calibration"]  # recipes before the field: same fingerprint
+    assert packed.fingerprint() == explicit.fingerprint() != passages.fingerprint()
+    assert common.build_revision(passages) == {"calibration": calibration.PASSAGES}
+    calib = passages.calibration
+    assert calib is not None
+    rec = common.calibration_record(calib, {"sequences": 8, "tokens": 8 * 40, "packing": calibration.PASSAGES})
+    assert rec["calibration_tokens"] == 320  # the real count, short of samples x seq_len
+    with pytest.raises(QuantkitError, match=r"calibration \(passages\) made 7 sequences"):
+        common.calibration_record(calib, {"sequences": 7, "tokens": 7 * 40})
+    with pytest.raises(ConfigError, match="llama-imatrix cuts its text"):
+        parse_recipe({"name": "q", "method": {"kind": "gguf", "type": "Q4_K_M", "imatrix": True},
+                      "calibration": {"dataset": "lambada", "samples": 8, "seq_len": 64, "packing": "passages"}}, "t")

@@ -123,11 +123,12 @@ def test_builtin_groups_are_registered_lazily():
 
 def test_default_running_order_server_first_memory_last():
     names = [g.name for g in compare.selected_groups(CompareConfig(tasks=["arc_easy"], temperatures=(0.0,)))]
-    assert names == ["serving", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]  # no replicas: no scaling
+    # build reads the manifest and starts nothing ("own"); no replicas: no scaling
+    assert names == ["build", "serving", "fidelity", "probes", "tasks", "sweep", "speed", "memory"]
     names = [g.name for g in compare.selected_groups(CompareConfig(replicas=2))]
-    assert names[:2] == ["scaling", "serving"]  # it starts its own servers, before the model's server
-    assert [g.name for g in compare.selected_groups(CompareConfig())] == ["serving", "fidelity", "probes", "speed",
-                                                                          "memory"]
+    assert names[:3] == ["build", "scaling", "serving"]  # scaling starts its own servers, before the model's server
+    assert [g.name for g in compare.selected_groups(CompareConfig())] == ["build", "serving", "fidelity", "probes",
+                                                                          "speed", "memory"]
     with pytest.raises(ConfigError, match="unknown measurement group 'nope'"):
         compare.selected_groups(CompareConfig(groups=("nope",)))
 

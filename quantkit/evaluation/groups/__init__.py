@@ -27,6 +27,7 @@ BUILTIN: dict[str, str] = {
     "sweep": f"{_HERE}.sweep:SweepGroup",
     "speed": f"{_HERE}.speed:SpeedGroup",
     "memory": f"{_HERE}.memory:MemoryGroup",
+    "build": f"{_HERE}.build:BuildGroup",
 }
 
 
