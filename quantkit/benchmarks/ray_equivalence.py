@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 # groups whose figures must be equal between executors, and those that are timed (not judged)
-EXACT_GROUPS = ("fidelity", "probes", "tasks", "sweep")
+EXACT_GROUPS = ("fidelity", "probes", "tasks", "sweep", "build")  # build: read from the manifests both runs share
 DEFAULT_COMPARE_ARGS = ["compare", "--all", "--quick", "--tasks", "arc_easy,gsm8k", "--limit", "20"]
 
 FigureKey = tuple[str, str, str, str, tuple]

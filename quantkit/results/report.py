@@ -222,7 +222,8 @@ def group_columns(figs: list[Figure]) -> list[Column]:
     quantities = sorted({f.quantity for f in figs if f.status == "ok" and f.value is not None
                          and f.group not in SHOWN_GROUPS | {STAGES} and ":" not in f.metric},
                         key=lambda q: (q.group, q.metric, repr(q.params)))
-    return [Column(f"{q.group} {q}", q.group, q.metric, "{:.4g}", None, params=q.params) for q in quantities]
+    return [Column(str(q) if q.metric.startswith(q.group) else f"{q.group} {q}", q.group, q.metric, "{:.4g}", None,
+                   params=q.params) for q in quantities]
 
 
 def comparable(f: Figure, r: Figure) -> bool:
@@ -488,7 +489,9 @@ def notes(figs: list[Figure]) -> list[str]:
     seen: dict[str, Figure] = {}  # the conditions of each group, and of each task (one line each)
     for f in figs:
         if f.status == "ok":
-            seen.setdefault(f"task:{f.params.get('task')}" if f.group == TASKS else f.group, f)
+            key = f"task:{f.params.get('task')}" if f.group == TASKS else f.group
+            if key not in seen or (seen[key].value is None and f.value is not None):  # a measured figure's, if any
+                seen[key] = f
     lines = []
     fp = figs[0].fingerprint
     lines.append(f"hardware: {fp.get('hardware')}")
