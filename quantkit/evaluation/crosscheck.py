@@ -11,7 +11,11 @@
   greedy pick, as the speed group reports them, are printed beside them with their ratios, not
   judged;
   both measured in `--pairs` interleaved pairs (tool then worker, then worker then tool, ...), each
-  check judged on the median of the per-pair ratios (this VM's speed drifts by up to 30% a minute);
+  check judged on the median of the per-pair ratios (this VM's speed drifts by up to 30% a minute),
+  printed with its distribution-free 95% CI (marked "unresolved" where that CI is wider than the
+  tolerance: the machine was too noisy for the verdict to mean much either way). Many short pairs
+  (default 30, `--repeats` 3 runs a side) rather than few long ones: a pair then spans seconds, so
+  both sides share the host's state;
   then, against one running llama-server, `vllm bench serve` (vLLM's serving client, backend
   "openai") against quantkit's serving sweep at concurrency 1.
 - vLLM variants: `vllm bench throughput --async-engine` (random prompts of the same lengths, same
@@ -40,7 +44,7 @@ from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
 from quantkit.evaluation.compare import CompareConfig, engine_settings, prepare_inputs
 from quantkit.evaluation.serving import sweep
-from quantkit.evaluation.stats import median_spread
+from quantkit.evaluation.stats import median_ci, median_spread
 from quantkit.execution.local import LocalExecutor
 from quantkit.hardware import detect
 from quantkit.server import EngineServer
@@ -63,26 +67,26 @@ def llama_bench_flags(settings: dict, threads: int) -> list[str]:
             "-ctk", settings.get("cache_type_k", "f16"), "-ctv", settings.get("cache_type_v", "f16")]
 
 
-def _llama_bench(gguf: Path, flags: list[str], args: list[str]) -> dict:
-    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-r", "5", "-o", "json",
+def _llama_bench(gguf: Path, flags: list[str], args: list[str], repeats: int = 5) -> dict:
+    out = subprocess.run([str(llamacpp_build.tool("llama-bench")), "-m", str(gguf), "-r", str(repeats), "-o", "json",
                           *flags, *args], capture_output=True, text=True, env=runtime_env("llamacpp"),
                          check=True).stdout
     return json.loads(out)[-1]
 
 
-def llama_bench(gguf: Path, n_in: int, n_out: int, flags: list[str]) -> tuple[float, float]:
+def llama_bench(gguf: Path, n_in: int, n_out: int, flags: list[str], repeats: int = 5) -> tuple[float, float]:
     """llama-bench's tg at context depth `n_in` (decode after a prompt of that length): mean, stddev."""
-    row = _llama_bench(gguf, flags, ["-p", "0", "-n", str(n_out), "-d", str(n_in)])
+    row = _llama_bench(gguf, flags, ["-p", "0", "-n", str(n_out), "-d", str(n_in)], repeats)
     return row["avg_ts"], row["stddev_ts"]
 
 
-def llama_bench_pg_output_rate(gguf: Path, n_in: int, n_out: int, flags: list[str]) -> float:
+def llama_bench_pg_output_rate(gguf: Path, n_in: int, n_out: int, flags: list[str], repeats: int = 5) -> float:
     """llama-bench's pg test (prompt then generation, one sequence) as the output tokens/s of a run that
     generates `n_out` tokens. The prompt's decode already yields the first token, so such a run is a
     prompt of n_in plus n_out - 1 single-token decodes: llama-bench `-pg n_in,n_out-1` does exactly that
     work. Its t/s counts prompt and generated tokens over the whole test, so the run's time is
     (n_in + n_out - 1) / t/s, and its output rate n_out over that time."""
-    row = _llama_bench(gguf, flags, ["-p", "0", "-n", "0", "-pg", f"{n_in},{n_out - 1}"])
+    row = _llama_bench(gguf, flags, ["-p", "0", "-n", "0", "-pg", f"{n_in},{n_out - 1}"], repeats)
     assert row["n_prompt"] == n_in and row["n_gen"] == n_out - 1, row
     return n_out * row["avg_ts"] / (n_in + n_out - 1)
 
@@ -189,9 +193,9 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
     with LocalExecutor().start(target, label="crosscheck") as w:
         for i in range(args.pairs):  # A/B, then B/A: neither side always runs first
             def tool() -> tuple[float, float]:
-                tg, sd = llama_bench(target.model_path, args.input, args.output, flags)
+                tg, sd = llama_bench(target.model_path, args.input, args.output, flags, args.repeats)
                 tg_sds.append(sd)
-                return tg, llama_bench_pg_output_rate(target.model_path, args.input, args.output, flags)
+                return tg, llama_bench_pg_output_rate(target.model_path, args.input, args.output, flags, args.repeats)
 
             def ours() -> dict[str, float]:
                 med = lambda xs: median_spread(list(xs))[0]  # noqa: E731
@@ -219,8 +223,10 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
             ("pg", pg_label, "quantkit offline tok/s, 1 seq. (no pick)", ENGINE_TOLERANCE),
             ("pg+pick", pg_label, "  the same with the greedy pick (speed figure)", None)):
         theirs, mine_median, ratio, ratios = paired(pairs[key])
+        lo, hi = median_ci(ratios)
         rows.append((label, theirs, ours_label, mine_median, tolerance, ratio,
-                     "pairs: " + ", ".join(f"{r:.3f}" for r in ratios)))
+                     f"95% CI {lo:.3f}-{hi:.3f} over {len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}",
+                     (lo, hi)))
     with EngineServer(target) as server:
         served, [lv] = serving_rows(server.url, server.model_name, inputs, args, levels)
     # informational: llama-server adds HTTP streaming and its own scheduling to each token
@@ -255,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pairs", type=int, default=9,
-                    help="llama.cpp: interleaved llama-bench / worker pairs; the check uses the median ratio")
+    ap.add_argument("--pairs", type=int, default=30,
+                    help="llama.cpp: interleaved llama-bench / worker pairs (each --repeats runs a side); the check "
+                         "uses the median ratio and prints its distribution-free 95%% CI")
     args = ap.parse_args(argv)
     threads = detect().cpu_cores
     rows = gguf_rows(args, threads) if loader.locate(args.variant)[2] == "gguf" else vllm_rows(args)
@@ -267,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         within = tolerance is None or abs(ratio - 1) <= tolerance
         ok &= within
         verdict = "(not checked)" if tolerance is None else "ok" if within else f"OUTSIDE ±{tolerance:.0%}"
+        if tolerance is not None and len(paired_ratio) > 2 and (paired_ratio[2][1] - paired_ratio[2][0]) / 2 > tolerance:
+            verdict += " (unresolved: the CI is wider than the tolerance)"  # the verdict still counts
         print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.3f} {verdict}"
               + (f"  ({paired_ratio[1]})" if len(paired_ratio) > 1 else ""))
     print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, repeats {args.repeats}, "

@@ -13,6 +13,26 @@ def median_spread(values: list[float]) -> tuple[float, float, float, float]:
     return statistics.median(s), s[0], s[-1], p90
 
 
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free confidence interval for the median: the order statistics x_(k) and
+    x_(n+1-k), with k the largest rank whose binomial(n, 1/2) tail below it is at most (1-level)/2.
+    It assumes only independent draws, nothing about their shape (speed ratios on a shared VM are
+    skewed). With fewer than 6 values no 95% interval exists and the full range is returned.
+
+    Hand-written (the binomial tail in exact integer arithmetic, as mcnemar_exact): the core does not
+    depend on scipy; the unit tests check it against scipy.stats.binom where scipy is installed."""
+    s = sorted(values)
+    n = len(s)
+    alpha = (1 - level) / 2
+    k, tail = 0, 0
+    while True:  # tail = P(X <= k) for X ~ binomial(n, 1/2); x_(k+1) is a lower bound while it is <= alpha
+        tail += math.comb(n, k)
+        if tail / 2 ** n > alpha or k + 1 > n // 2:
+            break
+        k += 1
+    return (s[k - 1], s[n - k]) if k >= 1 else (s[0], s[-1])
+
+
 def tie(a: float, a_err: float | None, b: float, b_err: float | None, z: float = 1.96) -> bool:
     """Are a and b within noise? True when their difference is under z combined standard errors."""
     if a_err is None or b_err is None:
