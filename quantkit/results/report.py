@@ -216,14 +216,28 @@ SHOWN_GROUPS = {"memory", "fidelity", "speed", "serving", "roofline", "probes", 
 STAGES = "stages"
 
 
+# Titles and formats for quantities shown only where some model has them (the GPU memory of a
+# build exists only for CUDA builds); any other quantity of such a group gets a title from its name.
+AUTO_COLUMN_TITLES = {
+    Quantity("build", "build_seconds"): ("build s", "{:.0f}"),
+    Quantity("build", "build_peak_rss_mib"): ("build peak RSS MiB", "{:.0f}"),
+    Quantity("build", "build_peak_gpu_mib"): ("build peak GPU MiB", "{:.0f}"),
+    Quantity("build", "calibration_tokens"): ("calibration tokens", "{:.0f}"),
+}
+
+
 def group_columns(figs: list[Figure]) -> list[Column]:
-    """One column per quantity (metric and parameters) of a group the leaderboard has no columns
-    for (not its companion figures `metric:...`)."""
+    """One column per quantity (metric and parameters) of a group the leaderboard has no fixed
+    columns for (not its companion figures `metric:...`), where some model has a value for it."""
     quantities = sorted({f.quantity for f in figs if f.status == "ok" and f.value is not None
                          and f.group not in SHOWN_GROUPS | {STAGES} and ":" not in f.metric},
-                        key=lambda q: (q.group, q.metric, repr(q.params)))
-    return [Column(str(q) if q.metric.startswith(q.group) else f"{q.group} {q}", q.group, q.metric, "{:.4g}", None,
-                   params=q.params) for q in quantities]
+                        key=lambda q: (q.group, list(AUTO_COLUMN_TITLES).index(q) if q in AUTO_COLUMN_TITLES
+                                       else len(AUTO_COLUMN_TITLES), q.metric, repr(q.params)))
+    cols = []
+    for q in quantities:
+        title, fmt = AUTO_COLUMN_TITLES.get(q) or (str(q) if q.metric.startswith(q.group) else f"{q.group} {q}", "{:.4g}")
+        cols.append(Column(title, q.group, q.metric, fmt, None, params=q.params))
+    return cols
 
 
 def comparable(f: Figure, r: Figure) -> bool:

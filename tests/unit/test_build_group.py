@@ -63,7 +63,7 @@ def test_build_figures_come_from_the_manifest_and_reach_the_leaderboard(tmp_home
 
     rep = report.build(store)
     header = rep.sections[0].table.header()
-    assert {"build_peak_gpu_mib", "build_peak_rss_mib", "build_seconds", "build calibration_tokens"} <= set(header)
+    assert {"build s", "build peak RSS MiB", "build peak GPU MiB", "calibration tokens"} <= set(header)
     md = exporter("md").render(rep)
     assert "2210" in md and "3120" in md
 
