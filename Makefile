@@ -61,7 +61,7 @@ unit: install
 # Speed cross-check against the engines' own tools (llama-bench, vllm bench throughput).
 crosscheck: install
 	@$(BIN)/python -m quantkit.evaluation.crosscheck smollm2-gguf-q4_k_m; a=$$?; \
-	$(BIN)/python -m quantkit.evaluation.crosscheck smollm2-gptq-w4a16; b=$$?; exit $$((a | b))
+	$(BIN)/python -m quantkit.evaluation.crosscheck smollm2-gptq-w4a16 smollm2-int8-w8a8; b=$$?; exit $$((a | b))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

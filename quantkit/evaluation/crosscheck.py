@@ -17,7 +17,10 @@
   (default 30, `--repeats` 3 runs a side) rather than few long ones: a pair then spans seconds, so
   both sides share the host's state;
   then, against one running llama-server, `vllm bench serve` (vLLM's serving client, backend
-  "openai") against quantkit's serving sweep at concurrency 1.
+  "openai") against quantkit's serving sweep at concurrency 1, in `--serve-pairs` interleaved pairs
+  (default 3), judged on the median per-pair ratio.
+- Both sides' figures are medians of their own repetitions (llama-bench's `samples_ts`, not its
+  mean `avg_ts`), so that one stalled repetition moves neither.
 - vLLM variants: `vllm bench throughput --async-engine` (random prompts of the same lengths, same
   batch) output tokens/s against quantkit's offline benchmark (worker `bench`, on the same AsyncLLM
   client); then, against the OpenAI server the worker serves from that engine (as compare measures
@@ -38,7 +41,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from quantkit import loader
+from quantkit import capability, loader
 from quantkit.engines.vllm.flags import cli_flags
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
@@ -46,7 +49,7 @@ from quantkit.evaluation.compare import CompareConfig, engine_settings, prepare_
 from quantkit.evaluation.serving import sweep
 from quantkit.evaluation.stats import median_ci, median_spread
 from quantkit.execution.local import LocalExecutor
-from quantkit.hardware import detect
+from quantkit.hardware import Hardware, detect
 from quantkit.server import EngineServer
 
 # Tolerances per comparison. llama.cpp's offline and decode figures come from the same C calls
@@ -74,10 +77,21 @@ def _llama_bench(gguf: Path, flags: list[str], args: list[str], repeats: int = 5
     return json.loads(out)[-1]
 
 
+def _median_rate(row: dict) -> float:
+    """The median of llama-bench's per-repetition rates (`samples_ts`), not its `avg_ts` (their mean):
+    quantkit's figures are medians of repetitions, and on this VM one stalled repetition in three
+    pulls a mean down by up to 10% while leaving a median where it was. Like for like: the same
+    estimator over each side's own repetitions."""
+    import statistics
+
+    return statistics.median(row["samples_ts"])
+
+
 def llama_bench(gguf: Path, n_in: int, n_out: int, flags: list[str], repeats: int = 5) -> tuple[float, float]:
-    """llama-bench's tg at context depth `n_in` (decode after a prompt of that length): mean, stddev."""
+    """llama-bench's tg at context depth `n_in` (decode after a prompt of that length): the median of
+    its repetitions' rates, and its stddev."""
     row = _llama_bench(gguf, flags, ["-p", "0", "-n", str(n_out), "-d", str(n_in)], repeats)
-    return row["avg_ts"], row["stddev_ts"]
+    return _median_rate(row), row["stddev_ts"]
 
 
 def llama_bench_pg_output_rate(gguf: Path, n_in: int, n_out: int, flags: list[str], repeats: int = 5) -> float:
@@ -88,7 +102,7 @@ def llama_bench_pg_output_rate(gguf: Path, n_in: int, n_out: int, flags: list[st
     (n_in + n_out - 1) / t/s, and its output rate n_out over that time."""
     row = _llama_bench(gguf, flags, ["-p", "0", "-n", "0", "-pg", f"{n_in},{n_out - 1}"], repeats)
     assert row["n_prompt"] == n_in and row["n_gen"] == n_out - 1, row
-    return n_out * row["avg_ts"] / (n_in + n_out - 1)
+    return n_out * _median_rate(row) / (n_in + n_out - 1)
 
 
 # vLLM's own CLI, unchanged, except that it asks package metadata for "vllm" (for --version) and
@@ -145,19 +159,39 @@ def vllm_bench_serve(url: str, model: str, tokenizer: Path, n_in: int, n_out: in
 
 def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
                  levels: tuple[int, ...]) -> tuple[list[tuple], list[dict]]:
-    """On one running server: quantkit's sweep, then `vllm bench serve` with the same number of
-    requests per level; rows comparing median ITL and output tok/s, and our levels."""
+    """On one running server: quantkit's sweep and `vllm bench serve` (the same number of requests
+    per level) in `--serve-pairs` interleaved pairs, each order in turn as for llama-bench; rows
+    comparing median ITL and output tok/s on the median of the per-pair ratios, and our levels
+    (the first pair's)."""
+    pairs: dict[tuple[int, str], list[tuple[float, float]]] = {(c, m): [] for c in levels for m in ("itl", "tps")}
+    first: list[dict] = []
+    for i in range(args.serve_pairs):
+        def theirs(ours: list[dict]) -> dict[int, dict]:
+            return {lv["concurrency"]: vllm_bench_serve(url, model_name, inputs.reference_dir, args.input, args.output,
+                                                        lv["concurrency"], lv["requests"] * lv["repeats"])
+                    for lv in ours}
+
+        if i % 2 == 0:
+            ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+            tool = theirs(ours)
+        else:  # the tool first: the request counts are the sweep's, which depend only on the settings
+            tool = theirs(first)
+            ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+        first = first or ours
+        for lv in ours:
+            v = tool[lv["concurrency"]]
+            pairs[(lv["concurrency"], "itl")].append((v["median_itl_ms"], lv["itl_median_s"] * 1e3))
+            pairs[(lv["concurrency"], "tps")].append((v["output_throughput"], lv["output_tokens_per_s"]))
     rows = []
-    ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
-    for lv in ours:
-        c = lv["concurrency"]
-        v = vllm_bench_serve(url, model_name, inputs.reference_dir, args.input, args.output, c,
-                             lv["requests"] * lv["repeats"])
-        rows += [(f"vllm bench serve median ITL ms @{c}", v["median_itl_ms"], f"quantkit sweep median ITL ms @{c}",
-                  lv["itl_median_s"] * 1e3, ITL_TOLERANCE),
-                 (f"vllm bench serve output tok/s @{c}", v["output_throughput"], f"quantkit sweep output tok/s @{c}",
-                  lv["output_tokens_per_s"], TOLERANCE)]
-    return rows, ours
+    for c in levels:
+        for m, theirs_name, ours_name, tolerance in (
+                ("itl", f"vllm bench serve median ITL ms @{c}", f"quantkit sweep median ITL ms @{c}", ITL_TOLERANCE),
+                ("tps", f"vllm bench serve output tok/s @{c}", f"quantkit sweep output tok/s @{c}", TOLERANCE)):
+            a, b, ratio, ratios = paired(pairs[(c, m)])
+            lo, hi = median_ci(ratios)
+            rows.append((theirs_name, a, ours_name, b, tolerance, ratio,
+                         f"{len(ratios)} pairs: " + ", ".join(f"{r:.3f}" for r in ratios), (lo, hi)))
+    return rows, first
 
 
 def paired(pairs: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
@@ -254,18 +288,39 @@ def vllm_rows(args: argparse.Namespace) -> list[tuple]:
              TOLERANCE)] + served
 
 
+def servable(variants: list[str], hw: Hardware) -> str | None:
+    """The first of `variants` this machine's engine can run; each one passed over is printed with
+    the reason (the missing kernel and instruction set), so that a fallback is never silent."""
+    for name in variants:
+        display, path, fmt = loader.locate(name)
+        verdict = capability.check_model("llamacpp" if fmt == "gguf" else "vllm", path, fmt, hw)
+        if verdict.ok:
+            return name
+        print(f"{display}: not checked here: {verdict.reason}")
+    print("none of the variants can be served on this machine (`quantkit doctor` lists what it serves)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("variant")
+    ap.add_argument("variant", nargs="+",
+                    help="the variant to check; with several, the first this machine can serve (the others are "
+                         "named with the reason), e.g. a W4A16 variant and INT8 W8A8 for a CPU without AVX-512")
     ap.add_argument("--input", type=int, default=64)
     ap.add_argument("--output", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--serve-pairs", type=int, default=3,
+                    help="serving: interleaved sweep / `vllm bench serve` pairs on the same server (median ratio)")
     ap.add_argument("--pairs", type=int, default=30,
                     help="llama.cpp: interleaved llama-bench / worker pairs (each --repeats runs a side); the check "
                          "uses the median ratio and prints its distribution-free 95%% CI")
     args = ap.parse_args(argv)
-    threads = detect().cpu_cores
+    hw = detect()
+    threads = hw.cpu_cores
+    args.variant = servable(args.variant, hw)
+    if args.variant is None:
+        return 1
     rows = gguf_rows(args, threads) if loader.locate(args.variant)[2] == "gguf" else vllm_rows(args)
     ok = True
     print(f"{'engine tool':40} {'value':>9}   {'quantkit':45} {'value':>9}  ratio")
@@ -279,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.3f} {verdict}"
               + (f"  ({paired_ratio[1]})" if len(paired_ratio) > 1 else ""))
     print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, repeats {args.repeats}, "
-          f"threads {threads}, {detect().describe()}; prompts: distinct lambada slices (quantkit), random tokens "
+          f"threads {threads}, {hw.describe()}; prompts: distinct lambada slices (quantkit), random tokens "
           f"(vLLM's tools), none (llama-bench tg)")
     return 0 if ok else 1
 

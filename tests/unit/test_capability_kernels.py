@@ -170,3 +170,22 @@ def test_build_warning_comes_before_the_builder_runs(tmp_home, monkeypatch):
     with pytest.raises(RuntimeError):
         builders.build(_recipe({"kind": "gptq", "group_size": 64}), console=Console(quiet=True))
     assert events == ["warned", "built"]
+
+
+def test_the_speed_crosscheck_falls_back_to_a_servable_variant_and_says_why(tmp_path, monkeypatch, capsys):
+    """`make crosscheck` names a W4A16 variant and INT8 W8A8: on AVX2 the first is passed over with
+    the kernel's reason and the second is checked; on AVX-512 the first is checked."""
+    from quantkit.evaluation import crosscheck
+
+    folders = {}
+    for name, preset in (("w4", "W4A16"), ("int8", "W8A8")):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "config.json").write_text(json.dumps({"quantization_config": CONFIGS[preset]}))
+    monkeypatch.setattr(loader, "locate", lambda n: (n, folders[n], "safetensors"))
+    assert crosscheck.servable(["w4", "int8"], AVX2) == "int8"
+    out = capsys.readouterr().out
+    assert "w4: not checked here" in out and "cpu_gemm_wna16" in out
+    assert crosscheck.servable(["w4", "int8"], AVX512) == "w4"
+    assert crosscheck.servable(["w4"], AVX2) is None
+    assert "none of the variants" in capsys.readouterr().out
