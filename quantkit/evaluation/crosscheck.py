@@ -165,12 +165,13 @@ def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
     (the first pair's)."""
     pairs: dict[tuple[int, str], list[tuple[float, float]]] = {(c, m): [] for c in levels for m in ("itl", "tps")}
     first: list[dict] = []
-    for i in range(args.serve_pairs):
-        def theirs(ours: list[dict]) -> dict[int, dict]:
-            return {lv["concurrency"]: vllm_bench_serve(url, model_name, inputs.reference_dir, args.input, args.output,
-                                                        lv["concurrency"], lv["requests"] * lv["repeats"])
-                    for lv in ours}
 
+    def theirs(ours: list[dict]) -> dict[int, dict]:
+        return {lv["concurrency"]: vllm_bench_serve(url, model_name, inputs.reference_dir, args.input, args.output,
+                                                    lv["concurrency"], lv["requests"] * lv["repeats"])
+                for lv in ours}
+
+    for i in range(args.serve_pairs):
         if i % 2 == 0:
             ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
             tool = theirs(ours)

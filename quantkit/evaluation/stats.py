@@ -25,7 +25,7 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     n = len(s)
     alpha = (1 - level) / 2
     k, tail = 0, 0
-    while True:  # tail = P(X <= k) for X ~ binomial(n, 1/2); x_(k+1) is a lower bound while it is <= alpha
+    while True:  # tail = P(X <= k), X ~ binomial(n, 1/2); k ends as the largest rank with P(X <= k-1) <= alpha
         tail += math.comb(n, k)
         if tail / 2 ** n > alpha or k + 1 > n // 2:
             break
