@@ -189,10 +189,15 @@ def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
                 ("itl", f"vllm bench serve median ITL ms @{c}", f"quantkit sweep median ITL ms @{c}", ITL_TOLERANCE),
                 ("tps", f"vllm bench serve output tok/s @{c}", f"quantkit sweep output tok/s @{c}", TOLERANCE)):
             a, b, ratio, ratios = paired(pairs[(c, m)])
-            lo, hi = median_ci(ratios)
-            rows.append((theirs_name, a, ours_name, b, tolerance, ratio,
-                         f"{len(ratios)} pairs: " + ", ".join(f"{r:.3f}" for r in ratios), (lo, hi)))
+            rows.append((theirs_name, a, ours_name, b, tolerance, ratio, _spread(ratios), median_ci(ratios)))
     return rows, first
+
+
+def _spread(ratios: list[float]) -> str:
+    """The per-pair ratios in words: the median's 95% CI where there are enough pairs for one."""
+    ci = median_ci(ratios)
+    where = f"95% CI {ci[0]:.3f}-{ci[1]:.3f}, " if ci else "too few pairs for a 95% CI, "
+    return f"{where}{len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}"
 
 
 def paired(pairs: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
@@ -258,10 +263,7 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
             ("pg", pg_label, "quantkit offline tok/s, 1 seq. (no pick)", ENGINE_TOLERANCE),
             ("pg+pick", pg_label, "  the same with the greedy pick (speed figure)", None)):
         theirs, mine_median, ratio, ratios = paired(pairs[key])
-        lo, hi = median_ci(ratios)
-        rows.append((label, theirs, ours_label, mine_median, tolerance, ratio,
-                     f"95% CI {lo:.3f}-{hi:.3f} over {len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}",
-                     (lo, hi)))
+        rows.append((label, theirs, ours_label, mine_median, tolerance, ratio, _spread(ratios), median_ci(ratios)))
     with EngineServer(target) as server:
         served, [lv] = serving_rows(server.url, server.model_name, inputs, args, levels)
     # informational: llama-server adds HTTP streaming and its own scheduling to each token
@@ -330,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         within = tolerance is None or abs(ratio - 1) <= tolerance
         ok &= within
         verdict = "(not checked)" if tolerance is None else "ok" if within else f"OUTSIDE ±{tolerance:.0%}"
-        if tolerance is not None and len(paired_ratio) > 2 and (paired_ratio[2][1] - paired_ratio[2][0]) / 2 > tolerance:
-            verdict += " (unresolved: the CI is wider than the tolerance)"  # the verdict still counts
+        if tolerance is not None and len(paired_ratio) > 2:
+            ci = paired_ratio[2]
+            if ci is None or (ci[1] - ci[0]) / 2 > tolerance:  # the verdict still counts
+                verdict += " (unresolved: " + ("too few pairs" if ci is None else "the CI is wider than the tolerance") + ")"
         print(f"{name:40} {a:9.1f}   {ours_name:45} {b:9.1f}  {ratio:.3f} {verdict}"
               + (f"  ({paired_ratio[1]})" if len(paired_ratio) > 1 else ""))
     print(f"conditions: input {args.input} tokens, output {args.output}, batch {args.batch}, repeats {args.repeats}, "

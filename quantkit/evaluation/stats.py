@@ -13,11 +13,12 @@ def median_spread(values: list[float]) -> tuple[float, float, float, float]:
     return statistics.median(s), s[0], s[-1], p90
 
 
-def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
     """Distribution-free confidence interval for the median: the order statistics x_(k) and
     x_(n+1-k), with k the largest rank whose binomial(n, 1/2) tail below it is at most (1-level)/2.
     It assumes only independent draws, nothing about their shape (speed ratios on a shared VM are
-    skewed). With fewer than 6 values no 95% interval exists and the full range is returned.
+    skewed). With fewer than 6 values no 95% interval exists: None (the range of 2 values covers the
+    median only half the time, so it must not be printed as a 95% interval).
 
     Hand-written (the binomial tail in exact integer arithmetic, as mcnemar_exact): the core does not
     depend on scipy; the unit tests check it against scipy.stats.binom where scipy is installed."""
@@ -30,7 +31,7 @@ def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
         if tail / 2 ** n > alpha or k + 1 > n // 2:
             break
         k += 1
-    return (s[k - 1], s[n - k]) if k >= 1 else (s[0], s[-1])
+    return (s[k - 1], s[n - k]) if k >= 1 else None
 
 
 def tie(a: float, a_err: float | None, b: float, b_err: float | None, z: float = 1.96) -> bool:

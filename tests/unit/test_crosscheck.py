@@ -15,7 +15,8 @@ def test_cpu_defaults_turn_off_what_llama_bench_would_turn_on():
 
 
 def test_median_ci_matches_the_binomial_order_statistics():
-    """The interval's ranks against scipy's binomial tail, for every n up to 80, on shuffled data."""
+    """The interval's ranks against scipy's binomial tail, for every n up to 80 (None below 6, where
+    no 95% interval exists), on unsorted data."""
     import random
 
     scipy_stats = __import__("pytest").importorskip("scipy.stats")
@@ -26,7 +27,7 @@ def test_median_ci_matches_the_binomial_order_statistics():
         values = [rng.lognormvariate(0, 0.1) for _ in range(n)]
         ranks = [j for j in range(1, n // 2 + 1) if scipy_stats.binom.cdf(j - 1, n, 0.5) <= 0.025]
         s = sorted(values)
-        expected = (s[max(ranks) - 1], s[n - max(ranks)]) if ranks else (s[0], s[-1])
+        expected = (s[max(ranks) - 1], s[n - max(ranks)]) if ranks else None
         assert median_ci(values) == expected, n
 
 
@@ -41,6 +42,7 @@ def test_median_ci_covers_the_median_about_95_percent_of_the_time():
     rng = random.Random(11)
     covered = 0
     for _ in range(2000):
-        lo, hi = median_ci([rng.lognormvariate(0, 0.1) for _ in range(30)])
-        covered += lo <= 1.0 <= hi
+        ci = median_ci([rng.lognormvariate(0, 0.1) for _ in range(30)])
+        assert ci is not None
+        covered += ci[0] <= 1.0 <= ci[1]
     assert 0.94 <= covered / 2000 <= 0.98  # exact coverage at n = 30: 0.957
