@@ -19,6 +19,15 @@ class ConfigError(QuantkitError):
     """A recipe, dataset definition or setting is invalid."""
 
 
+class CannotRunHereError(ConfigError):
+    """A valid model that this machine's engine has no kernel for (W4A16 on a CPU without AVX-512):
+    another machine runs it. `reason` names the missing kernel and instruction set."""
+
+    def __init__(self, display: str, reason: str, hint: str | None = None):
+        super().__init__(f"{display}: {reason}", hint)
+        self.reason = reason
+
+
 class EngineMissingError(QuantkitError):
     """An engine environment has not been created yet."""
 

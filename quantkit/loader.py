@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from quantkit import capability, sources, variants
 from quantkit.engines import registry
 from quantkit.engines.base import Engine
-from quantkit.errors import ConfigError
+from quantkit.errors import CannotRunHereError, ConfigError
 from quantkit.hardware import Hardware, detect
 
 
@@ -95,7 +95,7 @@ def load(name: str, *, engine: str | None = None, settings: dict | None = None,
     kv_type = eng.kv_cache_type(validated)
     runs = eng.can_run(path, fmt, hw, validated)
     if not runs.ok:
-        raise ConfigError(f"{display}: {runs.reason}", hint=_CANNOT_HINT)
+        raise CannotRunHereError(display, runs.reason, hint=_CANNOT_HINT)
     return Target(display, path, fmt, eng, validated, kv_type)
 
 

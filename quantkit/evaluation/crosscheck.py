@@ -36,15 +36,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from quantkit import capability, loader
+from quantkit import loader
 from quantkit.engines.vllm.flags import cli_flags
 from quantkit.envs import llamacpp_build
 from quantkit.envs.manager import python_for, runtime_env
+from quantkit.errors import CannotRunHereError
 from quantkit.evaluation.compare import CompareConfig, engine_settings, prepare_inputs
 from quantkit.evaluation.serving import sweep
 from quantkit.evaluation.stats import median_ci, median_spread
@@ -82,8 +84,6 @@ def _median_rate(row: dict) -> float:
     quantkit's figures are medians of repetitions, and on this VM one stalled repetition in three
     pulls a mean down by up to 10% while leaving a median where it was. Like for like: the same
     estimator over each side's own repetitions."""
-    import statistics
-
     return statistics.median(row["samples_ts"])
 
 
@@ -171,15 +171,17 @@ def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
                                                     lv["concurrency"], lv["requests"] * lv["repeats"])
                 for lv in ours}
 
+    def ours() -> list[dict]:
+        return sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
+
     for i in range(args.serve_pairs):
         if i % 2 == 0:
-            ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
-            tool = theirs(ours)
+            mine = ours()
+            tool = theirs(mine)
         else:  # the tool first: the request counts are the sweep's, which depend only on the settings
-            tool = theirs(first)
-            ours = sweep(url, model_name, inputs.serving_prompts, list(levels), args.output, args.repeats)
-        first = first or ours
-        for lv in ours:
+            tool, mine = theirs(first), ours()
+        first = first or mine
+        for lv in mine:
             v = tool[lv["concurrency"]]
             pairs[(lv["concurrency"], "itl")].append((v["median_itl_ms"], lv["itl_median_s"] * 1e3))
             pairs[(lv["concurrency"], "tps")].append((v["output_throughput"], lv["output_tokens_per_s"]))
@@ -188,24 +190,24 @@ def serving_rows(url: str, model_name: str, inputs, args: argparse.Namespace,
         for m, theirs_name, ours_name, tolerance in (
                 ("itl", f"vllm bench serve median ITL ms @{c}", f"quantkit sweep median ITL ms @{c}", ITL_TOLERANCE),
                 ("tps", f"vllm bench serve output tok/s @{c}", f"quantkit sweep output tok/s @{c}", TOLERANCE)):
-            a, b, ratio, ratios = paired(pairs[(c, m)])
-            rows.append((theirs_name, a, ours_name, b, tolerance, ratio, _spread(ratios), median_ci(ratios)))
+            rows.append(paired_row(theirs_name, ours_name, tolerance, pairs[(c, m)]))
     return rows, first
 
 
-def _spread(ratios: list[float]) -> str:
-    """The per-pair ratios in words: the median's 95% CI where there are enough pairs for one."""
+def paired_row(tool_label: str, ours_label: str, tolerance: float | None, pairs: list[tuple[float, float]]) -> tuple:
+    """A result row from interleaved pairs: both medians, the median ratio, the ratios in words and
+    the median's 95% CI (None where there are too few pairs for one)."""
+    theirs, mine, ratio, ratios = paired(pairs)
     ci = median_ci(ratios)
     where = f"95% CI {ci[0]:.3f}-{ci[1]:.3f}, " if ci else "too few pairs for a 95% CI, "
-    return f"{where}{len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}"
+    return (tool_label, theirs, ours_label, mine, tolerance, ratio,
+            f"{where}{len(ratios)} pairs, range {min(ratios):.3f}-{max(ratios):.3f}", ci)
 
 
 def paired(pairs: list[tuple[float, float]]) -> tuple[float, float, float, list[float]]:
     """Interleaved (tool, quantkit) pairs: (median tool figure, median quantkit figure, median of the
     per-pair ratios quantkit/tool, the ratios). On a machine whose speed drifts from one minute to the
     next, a pair measured back to back shares the drift; the median of the ratios is the estimate."""
-    import statistics
-
     ratios = [ours / tool for tool, ours in pairs]
     return (statistics.median(t for t, _ in pairs), statistics.median(o for _, o in pairs),
             statistics.median(ratios), ratios)
@@ -262,8 +264,7 @@ def gguf_rows(args: argparse.Namespace, threads: int) -> list[tuple]:
             # the worker's offline figure for one sequence: prefill + decode
             ("pg", pg_label, "quantkit offline tok/s, 1 seq. (no pick)", ENGINE_TOLERANCE),
             ("pg+pick", pg_label, "  the same with the greedy pick (speed figure)", None)):
-        theirs, mine_median, ratio, ratios = paired(pairs[key])
-        rows.append((label, theirs, ours_label, mine_median, tolerance, ratio, _spread(ratios), median_ci(ratios)))
+        rows.append(paired_row(label, ours_label, tolerance, pairs[key]))
     with EngineServer(target) as server:
         served, [lv] = serving_rows(server.url, server.model_name, inputs, args, levels)
     # informational: llama-server adds HTTP streaming and its own scheduling to each token
@@ -292,14 +293,15 @@ def vllm_rows(args: argparse.Namespace) -> list[tuple]:
 
 
 def servable(variants: list[str], hw: Hardware) -> str | None:
-    """The first of `variants` this machine's engine can run; each one passed over is printed with
-    the reason (the missing kernel and instruction set), so that a fallback is never silent."""
+    """The first of `variants` this machine's engine can run, asked of the loader as compare asks it;
+    each one passed over is printed with the reason (the missing kernel and instruction set), so
+    that a fallback is never silent."""
     for name in variants:
-        display, path, fmt = loader.locate(name)
-        verdict = capability.check_model("llamacpp" if fmt == "gguf" else "vllm", path, fmt, hw)
-        if verdict.ok:
+        try:
+            loader.load(name, hw=hw)
             return name
-        print(f"{display}: not checked here: {verdict.reason}")
+        except CannotRunHereError as e:
+            print(f"{name}: not checked here: {e.reason}")
     print("none of the variants can be served on this machine (`quantkit doctor` lists what it serves)")
     return None
 

@@ -183,6 +183,7 @@ def test_the_speed_crosscheck_falls_back_to_a_servable_variant_and_says_why(tmp_
         folders[name].mkdir()
         (folders[name] / "config.json").write_text(json.dumps({"quantization_config": CONFIGS[preset]}))
     monkeypatch.setattr(loader, "locate", lambda n: (n, folders[n], "safetensors"))
+    monkeypatch.setattr(loader, "_manifest", lambda n: {})
     assert crosscheck.servable(["w4", "int8"], AVX2) == "int8"
     out = capsys.readouterr().out
     assert "w4: not checked here" in out and "cpu_gemm_wna16" in out

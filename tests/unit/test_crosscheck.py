@@ -33,8 +33,8 @@ def test_median_ci_matches_the_binomial_order_statistics():
 
 def test_median_ci_covers_the_median_about_95_percent_of_the_time():
     """Coverage on skewed draws (a lognormal, like speed ratios): the true median inside the
-    interval in about 95.7% (its exact coverage at n = 30) of 2,000 samples of 30, and not in all of them (an interval that
-    always covers would be too wide to judge anything)."""
+    interval in about 95.7% (its exact coverage at n = 30) of 2,000 samples of 30, and not in all
+    of them (an interval that always covers would be too wide to judge anything)."""
     import random
 
     from quantkit.evaluation.stats import median_ci
